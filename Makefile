@@ -1,0 +1,35 @@
+# Two commands for a new user (README): `make demo` and `make test`.
+# Both create .venv and install the pinned project into it first (once; again when
+# pyproject.toml changes).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export RAY_USAGE_STATS_ENABLED := 0
+export DVC_NO_ANALYTICS := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: install demo test test-all bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ctxemo demo
+
+test: $(STAMP)
+	$(BIN)/pytest -m "not slow"
+
+test-all: $(STAMP)
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf data artifacts reports/plots .ray_results mlruns mlflow.db mlartifacts

@@ -1,0 +1,141 @@
+"""Read params.yaml into typed, frozen configs (one per section).
+
+Every stage calls `load_params()` once in its `main()` and passes the typed sections to
+its pure `run()`. Unknown keys anywhere are an error (models.config.from_dict).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from models.config import ConfigError, ModelConfig, from_dict, to_dict
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    kind: str = "emotic"
+    root: str = "data/raw/demo"
+    annotations: str | None = "Annotations.mat"
+    val_fraction: float = 0.1
+    verify_images: bool = True
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    out: str = "data/raw/demo"
+    format: str = "emotic"
+    images: int = 240
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    face_detector: str = "mtcnn"
+    min_face_size: int = 12
+    face_threshold: float = 0.9
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class ObjectsConfig:
+    boxes: str = "dataset"
+    boxes_file: str | None = "object_boxes.csv"
+    detector: str = "fasterrcnn_resnet50_fpn"
+    weights: str | None = None
+    allow_random_weights: bool = False
+    score_threshold: float = 0.3
+    top_n: int = 10
+    image_size: int = 320
+    batch_size: int = 4
+    shard_size: int = 64
+    exclude_iou: float = 0.7
+
+
+@dataclass(frozen=True)
+class EmbeddingsConfig:
+    source: str = "glove6b50"
+    glove_file: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 8
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    loss: str = "weighted_mse"
+    num_workers: int = 1
+    use_gpu: str | bool = "auto"
+    loader_workers: int = 1
+    max_failures: int = 2
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    model_name: str = "ctxemo-rrla"
+    min_improvement: float = 0.005
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    objects: ObjectsConfig = field(default_factory=ObjectsConfig)
+    embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    tune: dict[str, Any] = field(default_factory=dict)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path.resolve()}")
+    with path.open() as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def params_from_dict(data: dict[str, Any]) -> Params:
+    return from_dict(Params, data)
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    return params_from_dict(read_yaml(path))
+
+
+def params_to_dict(params: Params) -> dict[str, Any]:
+    return to_dict(params)
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep-copy `data` with dotted-path overrides applied ({'model.boa.heads': 4}).
+
+    Every path must already exist: a typo is an error, not a silently new key.
+    """
+    import copy
+
+    out = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        node = out
+        keys = dotted.split(".")
+        for key in keys[:-1]:
+            if not isinstance(node, dict) or key not in node:
+                raise ConfigError(f"override {dotted!r}: no section {key!r} in params")
+            node = node[key]
+        if not isinstance(node, dict) or keys[-1] not in node:
+            raise ConfigError(f"override {dotted!r}: no key {keys[-1]!r} in params")
+        node[keys[-1]] = value
+    return out
