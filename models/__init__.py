@@ -1,0 +1,32 @@
+"""Pure-PyTorch models of ctxemo: the registry and factory, losses, checkpoint specs.
+
+    from models import build_model, build_loss, model_spec, model_from_checkpoint
+
+Names resolve lazily so that `models.config` (imported by every stage to read
+params.yaml) does not pull in torch and torchvision.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ModelConfig": "models.config",
+    "build_loss": "models.losses",
+    "available_models": "models.registry",
+    "build_model": "models.registry",
+    "model_from_checkpoint": "models.registry",
+    "model_spec": "models.registry",
+    "register_model": "models.registry",
+    "ModelOutput": "models.rrla",
+    "RelationalRegionLevelNet": "models.rrla",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

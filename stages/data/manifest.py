@@ -28,7 +28,10 @@ MANIFEST_SCHEMA = pa.schema(
         ("image_h", pa.int32()),
         ("person_box", pa.list_(pa.float32(), 4)),
         ("labels", pa.list_(pa.int32())),
-        ("vad", pa.list_(pa.float32(), 3)),   # nullable: CAER-S has none
+        # Valence, arousal, dominance: 3 values, or null (CAER-S; EMOTIC persons without
+        # continuous labels). A variable-length list because pyarrow 25 cannot read back a
+        # fixed-size list column holding nulls from parquet (apache/arrow#35692).
+        ("vad", pa.list_(pa.float32())),
         ("dataset", pa.string()),
         ("split", pa.string()),
         ("source_ref", pa.string()),

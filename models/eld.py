@@ -1,0 +1,135 @@
+"""Emotion-label dependency (ELD), eq. 6-8: a two-layer GCN over the label graph whose
+outputs are the per-class classifiers applied to the fused feature F.
+
+    A_ij   = 1[P_ij >= t]                    for i != j                      (eq. 6)
+    A^r_ij = p * A_ij / sum_{k != i} A_ik     for i != j;   A^r_ii = 1 - p    (eq. 7)
+    Â      = D^-1/2 A^r D^-1/2,   D_ii = sum_j A^r_ij                        (eq. 8)
+    H^(1)  = LeakyReLU_0.2(Â Z W^(0))          Z: [C, d_z] label embeddings
+    H^(2)  = Â H^(1) W^(1)                     [C, 4096]
+    ŷ      = F H^(2)^T                         one dot product per class
+
+Reading of the equations:
+- P is the contract's P[i,j] = P(label j | label i) with P[i,i] = 0. The diagonal of A is
+  not an edge (eq. 7 sets A^r_ii itself), so it is left out of the row sums even when
+  t <= 0 would make 1[P_ii >= t] true.
+- A row with no neighbour above t would divide 0 by 0 in eq. 7. We give such a class all
+  of its weight on itself (A^r_ii = 1): the p that would go to neighbours has nowhere to go.
+  So every row of A^r sums to 1 for every p in [0, 1], D has no zero entry, and Â is
+  well defined. (With rows summing to 1, D = I and Â = A^r; eq. 8 is still computed, with
+  zero degrees mapped to 0, so the code stays right for any A^r.)
+- As in ML-GCN (Chen et al., 2019), on which ELD is built, the activation sits between the
+  two layers only, and the GCN weights have no bias: ŷ = H^(2) F is a pure dot product.
+
+P, Z and Â are buffers: they travel in the state_dict. `set_edge_params(t, p)` recomputes Â
+from the stored P, so a sweep over t and p never recomputes the co-occurrence statistics.
+
+Plain torch rather than torch-geometric's DenseGCNConv: DenseGCNConv renormalises the
+adjacency inside every call with its own rule (self-loops overwritten with 1 when
+add_loop is on, degrees clamped at 1), which is not eq. 7-8. Precomputing Â once from
+eq. 7-8 and applying it with two bias-free linear maps is exact, cheaper (C is 26) and
+keeps torch-geometric out of the model's import path.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from models.config import ConfigError
+
+LEAKY_SLOPE = 0.2
+
+
+def _as_float_tensor(value: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
+    tensor = torch.as_tensor(np.asarray(value) if not torch.is_tensor(value) else value)
+    tensor = tensor.detach().to(dtype=torch.float32, device="cpu").clone()
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{what} contains NaN or infinite values")
+    return tensor
+
+
+def binary_adjacency(cooccurrence: torch.Tensor, t: float) -> torch.Tensor:
+    """Eq. 6 without the diagonal: A_ij = 1[P_ij >= t] for i != j, A_ii = 0."""
+    adjacency = (cooccurrence >= t).to(cooccurrence.dtype)
+    return adjacency * (1.0 - torch.eye(len(cooccurrence), dtype=cooccurrence.dtype))
+
+
+def reweighted_adjacency(cooccurrence: torch.Tensor, t: float, p: float) -> torch.Tensor:
+    """Eq. 7: A^r from P, t and p (rows with no neighbour: 1 on the diagonal)."""
+    if not 0.0 <= p <= 1.0:
+        raise ConfigError(f"model.eld.p must lie in [0, 1], got {p}")
+    adjacency = binary_adjacency(cooccurrence, t)
+    neighbours = adjacency.sum(dim=1, keepdim=True)
+    off_diagonal = p * adjacency / neighbours.clamp(min=1.0)
+    self_weight = torch.where(
+        neighbours.squeeze(1) > 0,
+        torch.full_like(neighbours.squeeze(1), 1.0 - p),
+        torch.ones_like(neighbours.squeeze(1)),
+    )
+    return off_diagonal + torch.diag(self_weight)
+
+
+def normalized_adjacency(reweighted: torch.Tensor) -> torch.Tensor:
+    """Eq. 8: D^-1/2 A^r D^-1/2 with D_ii = sum_j A^r_ij (a zero degree maps to 0)."""
+    degree = reweighted.sum(dim=1)
+    inv_sqrt = torch.where(degree > 0, degree.clamp(min=1e-12).rsqrt(), torch.zeros_like(degree))
+    return inv_sqrt[:, None] * reweighted * inv_sqrt[None, :]
+
+
+def eld_adjacency(cooccurrence: torch.Tensor, t: float, p: float) -> torch.Tensor:
+    """Â of eq. 8 from the raw co-occurrence matrix P."""
+    return normalized_adjacency(reweighted_adjacency(cooccurrence, t, p))
+
+
+class EmotionLabelDependency(nn.Module):
+    """Label-graph classifier: fused features [B,feature_dim] -> scores [B,C]."""
+
+    def __init__(
+        self,
+        cooccurrence: np.ndarray | torch.Tensor,
+        label_embeddings: np.ndarray | torch.Tensor,
+        t: float,
+        p: float,
+        hidden: int = 2048,
+        feature_dim: int = 4096,
+    ) -> None:
+        super().__init__()
+        cooc = _as_float_tensor(cooccurrence, "cooccurrence (P)")
+        embeddings = _as_float_tensor(label_embeddings, "label_embeddings (Z)")
+        if cooc.dim() != 2 or cooc.shape[0] != cooc.shape[1]:
+            raise ValueError(f"cooccurrence (P) must be a square [C,C] matrix, got {tuple(cooc.shape)}")
+        if embeddings.dim() != 2 or embeddings.shape[0] != cooc.shape[0]:
+            raise ValueError(
+                f"label_embeddings (Z) must be [C,d_z] with C = {cooc.shape[0]} (from P), "
+                f"got {tuple(embeddings.shape)}"
+            )
+        if hidden < 1:
+            raise ConfigError(f"model.eld.hidden must be >= 1, got {hidden}")
+        self.register_buffer("cooccurrence", cooc)
+        self.register_buffer("label_embeddings", embeddings)
+        self.register_buffer("adjacency", eld_adjacency(cooc, t, p))
+        self.t, self.p = float(t), float(p)
+        self.gcn1 = nn.Linear(embeddings.shape[1], hidden, bias=False)  # W^(0)
+        self.gcn2 = nn.Linear(hidden, feature_dim, bias=False)  # W^(1)
+
+    @property
+    def num_classes(self) -> int:
+        return self.cooccurrence.shape[0]
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.label_embeddings.shape[1]
+
+    def set_edge_params(self, t: float, p: float) -> None:
+        """Rebuild Â for new t, p from the stored P (no statistics are recomputed)."""
+        self.adjacency.copy_(eld_adjacency(self.cooccurrence, t, p))
+        self.t, self.p = float(t), float(p)
+
+    def classifiers(self) -> torch.Tensor:
+        """H^(2): one 4096-d classifier per class, [C, feature_dim]."""
+        hidden = F.leaky_relu(self.adjacency @ self.gcn1(self.label_embeddings), LEAKY_SLOPE)
+        return self.adjacency @ self.gcn2(hidden)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features @ self.classifiers().t()

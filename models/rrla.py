@@ -1,0 +1,191 @@
+"""The relational region-level network ("Human Emotion Recognition with Relational
+Region-Level Analysis", Li, Dong, Wang), registered as `rrla`.
+
+    body crop --backbone--> map [B,C,h,w] --BPA--> --GAP--> [B,C] --(C != 2048: linear)--> B_A [B,2048]
+    objects O_A [B,N,2048] + boxes + person box --BOA(B_A)--> W3 O_B [B,2048]
+    F = [B_A ; W3 O_B]  (4096)
+    multilabel + ELD on : ŷ = H^(2) F   (models/eld.py)
+    multilabel, ELD off : ŷ = Linear(4096 -> C) F
+    multiclass (CAER-S) : logits = Linear(4096 -> C) F   (the paper's CAER-S head; ELD is not
+                          used for single-label data whatever model.eld.enabled says)
+
+B_A is 2048-d for every backbone, as in the paper's ResNet-50: when the backbone has fewer
+channels (ResNet-18: 512, MobileNetV2: 1280) a linear layer (`body_proj`, with bias, no
+activation) maps the pooled feature to 2048; for ResNet-50 there is no such layer.
+
+Ablation switches (paper Table 4), each of which changes the module tree, not just a flag:
+`bpa.enabled: false` (no SE block), `boa.enabled: false` (EqualObjectPooling: mean of the
+valid objects, no W1/W2/W_G), `boa.geometry: false` (no W_G; boxes are not read),
+`eld.enabled: false` (linear classifier), `backbone.name` (resnet50 | resnet18 | mobilenet_v2).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.backbones import build_backbone
+from models.boa import OBJECT_FEATURE_DIM, BodyObjectAttention, EqualObjectPooling
+from models.bpa import BodyPartAttention
+from models.config import ConfigError, ModelConfig
+from models.eld import EmotionLabelDependency
+from models.registry import register_model
+
+BODY_FEATURE_DIM = 2048
+FUSED_FEATURE_DIM = BODY_FEATURE_DIM + OBJECT_FEATURE_DIM
+
+
+class ModelOutput(NamedTuple):
+    logits: torch.Tensor  # [B,C] raw scores
+    attention: torch.Tensor | None  # [B,h,N] BOA weights; None when BOA is off
+
+
+class RelationalRegionLevelNet(nn.Module):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        *,
+        num_classes: int,
+        task: str,
+        cooccurrence: np.ndarray | torch.Tensor | None,
+        label_embeddings: np.ndarray | torch.Tensor | None,
+        load_pretrained: bool = True,
+    ) -> None:
+        super().__init__()
+        self.config, self.num_classes, self.task = cfg, num_classes, task
+        if cfg.boa.max_objects is not None and cfg.boa.max_objects < 0:
+            raise ConfigError(f"model.boa.max_objects must be >= 0 or null, got {cfg.boa.max_objects}")
+
+        self.backbone = build_backbone(cfg.backbone, load_weights=load_pretrained)
+        channels = self.backbone.out_channels
+        self.bpa = BodyPartAttention(channels, cfg.bpa.hidden) if cfg.bpa.enabled else None
+        self.body_proj = nn.Linear(channels, BODY_FEATURE_DIM) if channels != BODY_FEATURE_DIM else None
+
+        if cfg.boa.enabled:
+            self.boa: nn.Module = BodyObjectAttention(
+                heads=cfg.boa.heads,
+                dim=cfg.boa.dim,
+                geometry=cfg.boa.geometry,
+                geometry_dim=cfg.boa.geometry_dim,
+            )
+        else:
+            self.boa = EqualObjectPooling()
+
+        self.eld: EmotionLabelDependency | None = None
+        self.classifier: nn.Linear | None = None
+        if task == "multilabel" and cfg.eld.enabled:
+            if cooccurrence is None or label_embeddings is None:
+                raise ConfigError(
+                    "model.eld.enabled is true: build_model needs `cooccurrence` (P, "
+                    "data/graph/cooccurrence.npy) and `label_embeddings` (Z, "
+                    "data/graph/label_embeddings.npy); or set model.eld.enabled: false"
+                )
+            self.eld = EmotionLabelDependency(
+                cooccurrence, label_embeddings, cfg.eld.t, cfg.eld.p,
+                hidden=cfg.eld.hidden, feature_dim=FUSED_FEATURE_DIM,
+            )
+            if self.eld.num_classes != num_classes:
+                raise ValueError(
+                    f"cooccurrence is {self.eld.num_classes}x{self.eld.num_classes} "
+                    f"but num_classes is {num_classes}"
+                )
+        else:
+            self.classifier = nn.Linear(FUSED_FEATURE_DIM, num_classes)
+
+    @property
+    def embedding_dim(self) -> int | None:
+        return None if self.eld is None else self.eld.embedding_dim
+
+    def set_label_graph(self, t: float, p: float) -> None:
+        """Change ELD's t and p (eq. 6-7) in place; the saved config follows."""
+        if self.eld is None:
+            raise ConfigError("set_label_graph: this model has no ELD module")
+        self.eld.set_edge_params(t, p)
+        eld_cfg = dataclasses.replace(self.config.eld, t=float(t), p=float(p))
+        self.config = dataclasses.replace(self.config, eld=eld_cfg)
+
+    def body_feature(self, body: torch.Tensor) -> torch.Tensor:
+        """B_A: [B,3,S,S] -> [B,2048]."""
+        feature_map = self.backbone(body)
+        if self.bpa is not None:
+            feature_map = self.bpa(feature_map)
+        pooled = feature_map.mean(dim=(2, 3))
+        return pooled if self.body_proj is None else self.body_proj(pooled)
+
+    def fused_feature(
+        self,
+        body: torch.Tensor,
+        obj_feats: torch.Tensor,
+        obj_boxes: torch.Tensor,
+        obj_mask: torch.Tensor,
+        person_box: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """F = [B_A ; W3 O_B] ([B,4096]) and the BOA weights."""
+        _check_inputs(body, obj_feats, obj_boxes, obj_mask, person_box)
+        dtype = next(self.parameters()).dtype  # float16 object features are cast to the weights' dtype
+        limit = self.config.boa.max_objects
+        if limit is not None:
+            obj_feats, obj_boxes, obj_mask = obj_feats[:, :limit], obj_boxes[:, :limit], obj_mask[:, :limit]
+        obj_feats = obj_feats.to(dtype)
+        obj_boxes, person_box = obj_boxes.to(dtype), person_box.to(dtype)
+        obj_mask = obj_mask.to(torch.bool)
+
+        body_feature = self.body_feature(body.to(dtype))
+        context, attention = self.boa(body_feature, obj_feats, obj_boxes, obj_mask, person_box)
+        return torch.cat([body_feature, context], dim=1), attention
+
+    def forward(
+        self,
+        body: torch.Tensor,
+        obj_feats: torch.Tensor,
+        obj_boxes: torch.Tensor,
+        obj_mask: torch.Tensor,
+        person_box: torch.Tensor,
+    ) -> ModelOutput:
+        fused, attention = self.fused_feature(body, obj_feats, obj_boxes, obj_mask, person_box)
+        head = self.eld if self.eld is not None else self.classifier
+        return ModelOutput(logits=head(fused), attention=attention)
+
+
+def _check_inputs(
+    body: torch.Tensor,
+    obj_feats: torch.Tensor,
+    obj_boxes: torch.Tensor,
+    obj_mask: torch.Tensor,
+    person_box: torch.Tensor,
+) -> None:
+    if body.dim() != 4 or body.shape[1] != 3:
+        raise ValueError(f"body must be [B,3,S,S], got {tuple(body.shape)}")
+    batch = body.shape[0]
+    if obj_feats.dim() != 3 or obj_feats.shape[0] != batch or obj_feats.shape[2] != OBJECT_FEATURE_DIM:
+        raise ValueError(f"obj_feats must be [B={batch},N,{OBJECT_FEATURE_DIM}], got {tuple(obj_feats.shape)}")
+    num_objects = obj_feats.shape[1]
+    if tuple(obj_boxes.shape) != (batch, num_objects, 4):
+        raise ValueError(f"obj_boxes must be [{batch},{num_objects},4], got {tuple(obj_boxes.shape)}")
+    if tuple(obj_mask.shape) != (batch, num_objects):
+        raise ValueError(f"obj_mask must be [{batch},{num_objects}], got {tuple(obj_mask.shape)}")
+    if tuple(person_box.shape) != (batch, 4):
+        raise ValueError(f"person_box must be [{batch},4], got {tuple(person_box.shape)}")
+
+
+@register_model("rrla")
+def build_rrla(
+    cfg: ModelConfig,
+    *,
+    num_classes: int,
+    task: str,
+    cooccurrence: np.ndarray | torch.Tensor | None = None,
+    label_embeddings: np.ndarray | torch.Tensor | None = None,
+    load_pretrained: bool = True,
+) -> RelationalRegionLevelNet:
+    return RelationalRegionLevelNet(
+        cfg,
+        num_classes=num_classes,
+        task=task,
+        cooccurrence=cooccurrence,
+        label_embeddings=label_embeddings,
+        load_pretrained=load_pretrained,
+    )

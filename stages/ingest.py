@@ -1,0 +1,310 @@
+"""Ingest: raw data set -> the manifest contract (see ../shared/DESIGN.md, stages/data/manifest.py).
+
+Run from the repository root (reads params.yaml `seed` and `data:`):
+
+    python -m stages.ingest [--params params.yaml] [--out data] [--metrics reports/ingest.json]
+
+Writes
+  data/manifest/{train,val,test}.parquet   one row per valid target person
+  data/manifest/quarantine.parquet         every rejected row, with reason and source_ref
+  data/manifest/summary.json               counts per split, quarantine per reason, label
+                                           frequencies, boxes clamped, size mismatches
+  data/manifest/caers_val_split.json       CAER-S only: the carved val sample_ids and seed
+  data/labels.json                         {"dataset": kind, "classes": [...]}
+  reports/ingest.json                      (main only) a copy of summary.json: DVC metrics
+
+What happens to each candidate person the readers (stages/data/readers.py) produce, in
+this order; the first failing check names its quarantine reason:
+  1. duplicate_row: same image, same box and same labels as an earlier row (train, val,
+     test order; the first one is kept).
+  2. missing_image / unreadable_image / truncated_image: every distinct image is opened
+     once (a thread pool) and, with `data.verify_images`, fully decoded; JPEGs decode in
+     draft (DCT-scaled) mode, which still reads and entropy-decodes the whole stream, so a
+     cut file is caught. Without verify_images only the header is read (missing and
+     non-image files are still caught, truncation is not).
+  3. box_outside_image: the box is clamped to the decoded image; empty after clamping is
+     rejected. Clamped boxes are counted in summary.json (`boxes_clamped`).
+Image size: the decoded image wins. When the annotations claim another size the row is
+kept (the size in the manifest is the real one, boxes are clamped to it) and counted in
+summary.json (`image_size_mismatch`), because real EMOTIC has images whose stored size is
+transposed; quarantining them would lose good persons.
+CAER-S without a val folder: a val split is carved from the valid train rows, per class,
+round(n * data.val_fraction) of each class (at least one row per class stays in train),
+chosen by a generator seeded with (seed, class index); those rows get split "val".
+Zero valid rows, a wrong path or a wrong setting stop with one line (UserError), exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile
+
+from stages.data.labels import class_names
+from stages.data.manifest import SPLITS, Quarantine, manifest_table, write_table
+from stages.data.readers import Candidate, ReadResult, read_dataset
+from stages.errors import UserError
+from stages.params import DEFAULT_PARAMS, DataConfig
+
+MANIFEST_SUBDIR = "manifest"
+SUMMARY_NAME = "summary.json"
+CAERS_VAL_SPLIT_NAME = "caers_val_split.json"
+# dvc.yaml tracks this copy as the stage's metrics: a metrics file may not sit inside the
+# data/manifest output directory.
+METRICS_JSON = Path("reports/ingest.json")
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """What opening one image file found: its real size, or why it is unusable."""
+
+    size: tuple[int, int] | None
+    reason: str | None = None
+    detail: str = ""
+
+
+def check_image(path: Path, decode: bool) -> ImageCheck:
+    if not path.exists():
+        return ImageCheck(None, "missing_image", f"no file at {path}")
+    try:
+        img = Image.open(path)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # incl. UnidentifiedImageError
+        return ImageCheck(None, "unreadable_image", f"{type(exc).__name__}: {exc}")
+    with img:
+        size = (int(img.size[0]), int(img.size[1]))
+        if size[0] <= 0 or size[1] <= 0:
+            return ImageCheck(None, "unreadable_image", f"image has size {size}")
+        if decode:
+            try:
+                if img.format == "JPEG":
+                    img.draft(None, (max(1, size[0] // 8), max(1, size[1] // 8)))
+                img.load()
+            except OSError as exc:
+                reason = "truncated_image" if "truncat" in str(exc).lower() else "unreadable_image"
+                return ImageCheck(None, reason, f"{type(exc).__name__}: {exc}")
+            except (SyntaxError, ValueError, EOFError, MemoryError, Image.DecompressionBombError) as exc:
+                return ImageCheck(None, "unreadable_image", f"{type(exc).__name__}: {exc}")
+    return ImageCheck(size)
+
+
+def check_images(root: Path, image_paths: list[str], decode: bool) -> dict[str, ImageCheck]:
+    """Open each distinct image once; PIL releases the GIL while decoding, so threads help."""
+    if decode and ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES was switched on by some import in this "
+                           "process; ingest could not tell truncated images from good ones")
+    unique = sorted(set(image_paths))
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        checks = list(pool.map(lambda rel: check_image(root / rel, decode), unique))
+    return dict(zip(unique, checks))
+
+
+def _quarantine_candidate(q: Quarantine, c: Candidate, reason: str, detail: str) -> None:
+    q.add(reason, c.source_ref, detail, image_path=c.image_path, split=c.split, raw=c.raw)
+
+
+def drop_duplicates(candidates: list[Candidate], q: Quarantine) -> list[Candidate]:
+    first: dict[tuple, str] = {}
+    kept = []
+    for c in candidates:
+        key = (c.image_path, c.box, c.labels)
+        if key in first:
+            _quarantine_candidate(q, c, "duplicate_row",
+                                  f"same image, box and labels as {first[key]} (kept)")
+            continue
+        first[key] = c.sample_id
+        kept.append(c)
+    return kept
+
+
+def clamp_box(box: tuple[float, float, float, float], size: tuple[int, int]):
+    w, h = size
+    x1, y1, x2, y2 = box
+    return (min(max(x1, 0.0), w), min(max(y1, 0.0), h), min(max(x2, 0.0), w), min(max(y2, 0.0), h))
+
+
+ROW_NOTES = ("boxes_clamped", "image_size_mismatch", "whole_frame_boxes")
+
+
+def to_manifest_rows(candidates: list[Candidate], checks: dict[str, ImageCheck], kind: str,
+                     q: Quarantine, notes: dict[str, set[str]]) -> list[dict[str, Any]]:
+    """Manifest rows of the candidates whose image and box pass; `notes[sample_id]` gets
+    the ROW_NOTES that apply (counted per split once the val carve is done)."""
+    rows = []
+    for c in candidates:
+        check = checks[c.image_path]
+        if check.reason is not None:
+            _quarantine_candidate(q, c, check.reason, check.detail)
+            continue
+        size = check.size
+        note = notes[c.sample_id]
+        if c.annotated_size is not None and c.annotated_size != size:
+            note.add("image_size_mismatch")
+        if c.box is None:
+            box = (0.0, 0.0, float(size[0]), float(size[1]))
+            note.add("whole_frame_boxes")
+        else:
+            box = clamp_box(c.box, size)
+            if box[2] <= box[0] or box[3] <= box[1]:
+                _quarantine_candidate(q, c, "box_outside_image",
+                                      f"box {list(c.box)} has no area inside the {size[0]}x{size[1]} image")
+                continue
+            if box != c.box:
+                note.add("boxes_clamped")
+        rows.append({
+            "sample_id": c.sample_id, "image_path": c.image_path,
+            "image_w": size[0], "image_h": size[1], "person_box": list(box),
+            "labels": list(c.labels), "vad": None if c.vad is None else list(c.vad),
+            "dataset": kind, "split": c.split, "source_ref": c.source_ref,
+        })
+    return rows
+
+
+def carve_val(rows: list[dict[str, Any]], fraction: float, seed: int) -> list[str]:
+    """Move a seeded, per-class share of the train rows to split "val"; returns their ids."""
+    by_class: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["split"] == "train":
+            by_class[r["labels"][0]].append(r)
+    val_ids: list[str] = []
+    for cls in sorted(by_class):
+        members = sorted(by_class[cls], key=lambda r: r["sample_id"])
+        n_val = min(math.floor(len(members) * fraction + 0.5), len(members) - 1)
+        # One generator per class: adding images of one class leaves the others' picks alone.
+        rng = np.random.default_rng([seed, cls])
+        for i in sorted(rng.permutation(len(members))[:max(n_val, 0)]):
+            r = members[i]
+            r["split"] = "val"
+            r["source_ref"] = f"{r['source_ref']} (carved from train into val, seed {seed})"
+            val_ids.append(r["sample_id"])
+    return sorted(val_ids)
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def _format_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
+
+
+def _no_valid_rows(source: str, q: Quarantine) -> UserError:
+    if not len(q):
+        return UserError(f"no rows found in {source}")
+    first = q.rows[0]
+    return UserError(
+        f"no valid rows in {source}: all {len(q)} quarantined ({_format_counts(q.counts())}); "
+        f"first: {first['reason']} at {first['source_ref']}: {first['detail']}")
+
+
+def run(data_cfg: DataConfig, seed: int, out_dir: Path = Path("data")) -> dict[str, Any]:
+    """Read the data set `data_cfg` names, check it, and write the manifest under `out_dir`."""
+    kind = data_cfg.kind
+    if kind == "caers" and not 0.0 <= data_cfg.val_fraction < 1.0:
+        raise UserError(f"data.val_fraction is {data_cfg.val_fraction}; it must be in [0, 1)")
+    root = Path(data_cfg.root)
+    source = f"{root}" if not data_cfg.annotations else f"{root / data_cfg.annotations}"
+    result: ReadResult = read_dataset(kind, root, data_cfg.annotations)
+    q = result.quarantine
+    candidates = sorted(result.candidates, key=lambda c: SPLITS.index(c.split))  # stable
+    candidates = drop_duplicates(candidates, q)
+    checks = check_images(root, [c.image_path for c in candidates], decode=data_cfg.verify_images)
+    notes: dict[str, set[str]] = defaultdict(set)
+    rows = to_manifest_rows(candidates, checks, kind, q, notes)
+    if not rows:
+        raise _no_valid_rows(source, q)
+    repeated = [sid for sid, n in Counter(r["sample_id"] for r in rows).items() if n > 1]
+    if repeated:  # the readers number persons per image; a repeat here is a bug, not bad input
+        raise RuntimeError(f"ingest produced repeated sample_ids, e.g. {repeated[:3]}")
+
+    val_ids: list[str] | None = None
+    if kind == "caers" and not result.has_val:
+        val_ids = carve_val(rows, data_cfg.val_fraction, seed)
+
+    classes = list(class_names(kind))
+    manifest_dir = Path(out_dir) / MANIFEST_SUBDIR
+    per_split = {s: [r for r in rows if r["split"] == s] for s in SPLITS}
+    for split, split_rows in per_split.items():
+        write_table(manifest_table(split_rows), manifest_dir / f"{split}.parquet")
+    write_table(q.table(), manifest_dir / "quarantine.parquet")
+    _write_json({"dataset": kind, "classes": classes}, Path(out_dir) / "labels.json")
+    val_split_file = manifest_dir / CAERS_VAL_SPLIT_NAME
+    if val_ids is not None:
+        carved_counts = Counter(classes[r["labels"][0]] for r in per_split["val"])
+        _write_json({"seed": seed, "val_fraction": data_cfg.val_fraction, "carved_from": "train",
+                     "per_class": {c: carved_counts.get(c, 0) for c in classes},
+                     "sample_ids": val_ids}, val_split_file)
+    elif val_split_file.exists():
+        val_split_file.unlink()  # stale from an earlier CAER-S run: this manifest has no carve
+
+    summary = {
+        "dataset": kind,
+        "sources": ", ".join(result.sources),
+        "verify_images": bool(data_cfg.verify_images),
+        "val_split": "carved_from_train" if val_ids is not None else "official",
+        "rows": {s: len(per_split[s]) for s in SPLITS} | {"total": len(rows)},
+        "images": {s: len({r["image_path"] for r in per_split[s]}) for s in SPLITS},
+        "images_opened": len(checks),
+        "quarantine": {"total": len(q), "by_reason": q.counts()},
+        **{name: {s: sum(name in notes[r["sample_id"]] for r in per_split[s]) for s in SPLITS}
+           for name in ROW_NOTES},
+        "label_frequency": {
+            s: dict(zip(classes, np.bincount([i for r in per_split[s] for i in r["labels"]],
+                                             minlength=len(classes)).tolist()))
+            for s in SPLITS},
+    }
+    _write_json(summary, manifest_dir / SUMMARY_NAME)
+    return summary
+
+
+def report_lines(summary: dict[str, Any]) -> list[str]:
+    rows, q = summary["rows"], summary["quarantine"]
+    lines = [
+        f"ingest {summary['dataset']} ({summary['sources']}): "
+        f"train {rows['train']}, val {rows['val']}, test {rows['test']} persons "
+        f"({summary['images_opened']} images {'decoded' if summary['verify_images'] else 'opened'}; "
+        f"val split {summary['val_split']})",
+        f"quarantined {q['total']}: {_format_counts(q['by_reason'])}",
+        f"boxes clamped {sum(summary['boxes_clamped'].values())}, "
+        f"image size differs from annotation {sum(summary['image_size_mismatch'].values())}, "
+        f"whole-frame boxes {sum(summary['whole_frame_boxes'].values())}",
+    ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.ingest", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default params.yaml)")
+    parser.add_argument("--out", default="data", help="output folder (default data)")
+    parser.add_argument("--metrics", default=str(METRICS_JSON),
+                        help=f"copy of summary.json for DVC metrics (default {METRICS_JSON})")
+    args = parser.parse_args(argv)
+    from models.config import ConfigError
+    from stages.params import load_params
+
+    try:
+        params = load_params(args.params)
+        summary = run(params.data, params.seed, Path(args.out))
+    except (UserError, ConfigError) as exc:
+        print(f"ingest: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    _write_json(summary, Path(args.metrics))
+    for line in report_lines(summary):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
