@@ -36,9 +36,11 @@ class SynthConfig:
 @dataclass(frozen=True)
 class DetectConfig:
     face_detector: str = "mtcnn"
-    min_face_size: int = 12
+    min_face_size: int = 20
     face_threshold: float = 0.9
     batch_size: int = 16
+    haar_min_neighbors: int = 5
+    ray_min_images: int = 100
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class ObjectsConfig:
     batch_size: int = 4
     shard_size: int = 64
     exclude_iou: float = 0.7
+    num_actors: int | None = None     # Ray Data actors; null = one per GPU, else one per CPU
 
 
 @dataclass(frozen=True)

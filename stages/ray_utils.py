@@ -1,0 +1,83 @@
+"""One place that starts (or joins) Ray, so every stage uses the same settings.
+
+Locally `init_ray()` starts an embedded single-node cluster (no dashboard, no usage
+stats, an object store sized for a laptop-class machine). With `RAY_ADDRESS` set it joins
+that cluster instead and passes no resource arguments (Ray refuses them when connecting).
+Worker processes import the project by name, so on a real cluster the project must be
+installed in the workers' image (or shipped with a `runtime_env` working_dir).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+# The object store lives in /dev/shm; Ray's default (30% of RAM) is more than the stages
+# here ever hold at once and starves the DataLoader workers on small machines.
+OBJECT_STORE_FRACTION = 0.15
+OBJECT_STORE_MAX_BYTES = 4 * 1024**3
+OBJECT_STORE_MIN_BYTES = 256 * 1024**2
+
+
+def quiet_ray_env() -> None:
+    """Environment every Ray process should see; set before `ray.init` (workers inherit it)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def default_object_store_bytes() -> int:
+    import psutil
+
+    total = psutil.virtual_memory().total
+    return int(min(OBJECT_STORE_MAX_BYTES, max(OBJECT_STORE_MIN_BYTES, total * OBJECT_STORE_FRACTION)))
+
+
+def init_ray(num_cpus: int | None = None, num_gpus: int | None = None,
+             object_store_memory: int | None = None, temp_dir: str | None = None) -> bool:
+    """Start or join Ray unless it is already up. Returns True when this call started it.
+
+    The resource arguments only apply to an embedded cluster; they are ignored (not an
+    error) when `RAY_ADDRESS` names an existing one.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    quiet_ray_env()
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        return True
+    kwargs = {
+        "num_cpus": num_cpus,
+        "num_gpus": num_gpus,
+        "object_store_memory": object_store_memory or default_object_store_bytes(),
+        "include_dashboard": False,
+    }
+    if temp_dir is not None:
+        kwargs["_temp_dir"] = temp_dir
+    ray.init(**{k: v for k, v in kwargs.items() if v is not None})
+    return True
+
+
+@contextlib.contextmanager
+def ray_session(**init_kwargs) -> Iterator[None]:
+    """Ray for the duration of a block; shut down afterwards only if this block started it."""
+    import ray
+
+    started = init_ray(**init_kwargs)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def cluster_gpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def cluster_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
