@@ -119,6 +119,7 @@ class ELDConfig:
     t: float = 0.2                    # co-occurrence threshold, eq. 6
     p: float = 0.2                    # re-weighting, eq. 7
     hidden: int = 2048                # width of the first GCN layer (d_z -> hidden -> 4096)
+    scaled: bool = True               # scores / sqrt(4096): keeps SGD stable from scratch (models/eld.py)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ outputs are the per-class classifiers applied to the fused feature F.
     Â      = D^-1/2 A^r D^-1/2,   D_ii = sum_j A^r_ij                        (eq. 8)
     H^(1)  = LeakyReLU_0.2(Â Z W^(0))          Z: [C, d_z] label embeddings
     H^(2)  = Â H^(1) W^(1)                     [C, 4096]
-    ŷ      = F H^(2)^T                         one dot product per class
+    ŷ      = F H^(2)^T / s                     one dot product per class; s = sqrt(4096) or 1
 
 Reading of the equations:
 - P is the contract's P[i,j] = P(label j | label i) with P[i,i] = 0. The diagonal of A is
@@ -19,6 +19,14 @@ Reading of the equations:
   zero degrees mapped to 0, so the code stays right for any A^r.)
 - As in ML-GCN (Chen et al., 2019), on which ELD is built, the activation sits between the
   two layers only, and the GCN weights have no bias: ŷ = H^(2) F is a pure dot product.
+
+The 1/sqrt(feature_dim) temperature (`model.eld.scaled`, default on) is ours, not the
+paper's: ŷ is a product of two learned 4096-d vectors, and at a standard initialisation its
+scale (|H^(2)_c| ~ 8, |F| ~ 20) makes the first SGD steps at the paper's lr 0.01 diverge when
+the backbone trains from scratch (the loss went 7.6 -> 1900 in 8 steps on the demo data; with
+the temperature it falls from 0.14). A constant factor changes neither the ranking of scores
+nor what the network can express (it is a reparametrisation of W^(1)); set `scaled: false`
+for eq. 8 verbatim, e.g. with pretrained features and a smaller lr.
 
 P, Z and Â are buffers: they travel in the state_dict. `set_edge_params(t, p)` recomputes Â
 from the stored P, so a sweep over t and p never recomputes the co-occurrence statistics.
@@ -93,6 +101,7 @@ class EmotionLabelDependency(nn.Module):
         p: float,
         hidden: int = 2048,
         feature_dim: int = 4096,
+        scaled: bool = True,
     ) -> None:
         super().__init__()
         cooc = _as_float_tensor(cooccurrence, "cooccurrence (P)")
@@ -112,6 +121,7 @@ class EmotionLabelDependency(nn.Module):
         self.t, self.p = float(t), float(p)
         self.gcn1 = nn.Linear(embeddings.shape[1], hidden, bias=False)  # W^(0)
         self.gcn2 = nn.Linear(hidden, feature_dim, bias=False)  # W^(1)
+        self.logit_scale = 1.0 / float(np.sqrt(feature_dim)) if scaled else 1.0
 
     @property
     def num_classes(self) -> int:
@@ -132,4 +142,4 @@ class EmotionLabelDependency(nn.Module):
         return self.adjacency @ self.gcn2(hidden)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features @ self.classifiers().t()
+        return (features @ self.classifiers().t()) * self.logit_scale

@@ -74,6 +74,13 @@ class RelationalRegionLevelNet(nn.Module):
         else:
             self.boa = EqualObjectPooling()
 
+        # Per-dimension standardisation of the stored object features (like ImageNet mean/std
+        # for pixels). Identity until the trainer sets train-split statistics; saved in the
+        # state_dict so prediction normalises exactly as training did. Without it, features of
+        # an untrained extractor reach magnitudes of ~100 and SGD diverges in one step.
+        self.register_buffer("object_feature_mean", torch.zeros(OBJECT_FEATURE_DIM))
+        self.register_buffer("object_feature_std", torch.ones(OBJECT_FEATURE_DIM))
+
         self.eld: EmotionLabelDependency | None = None
         self.classifier: nn.Linear | None = None
         if task == "multilabel" and cfg.eld.enabled:
@@ -85,7 +92,7 @@ class RelationalRegionLevelNet(nn.Module):
                 )
             self.eld = EmotionLabelDependency(
                 cooccurrence, label_embeddings, cfg.eld.t, cfg.eld.p,
-                hidden=cfg.eld.hidden, feature_dim=FUSED_FEATURE_DIM,
+                hidden=cfg.eld.hidden, feature_dim=FUSED_FEATURE_DIM, scaled=cfg.eld.scaled,
             )
             if self.eld.num_classes != num_classes:
                 raise ValueError(
@@ -106,6 +113,15 @@ class RelationalRegionLevelNet(nn.Module):
         self.eld.set_edge_params(t, p)
         eld_cfg = dataclasses.replace(self.config.eld, t=float(t), p=float(p))
         self.config = dataclasses.replace(self.config, eld=eld_cfg)
+
+    def set_object_feature_stats(self, mean: np.ndarray | torch.Tensor, std: np.ndarray | torch.Tensor) -> None:
+        """Standardise object features with these [2048] statistics (std is floored at 1e-6)."""
+        mean = torch.as_tensor(mean, dtype=self.object_feature_mean.dtype).reshape(OBJECT_FEATURE_DIM)
+        std = torch.as_tensor(std, dtype=self.object_feature_std.dtype).reshape(OBJECT_FEATURE_DIM)
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+            raise ValueError("object feature statistics contain NaN or infinite values")
+        self.object_feature_mean.copy_(mean)
+        self.object_feature_std.copy_(std.clamp_min(1e-6))
 
     def body_feature(self, body: torch.Tensor) -> torch.Tensor:
         """B_A: [B,3,S,S] -> [B,2048]."""
@@ -129,9 +145,10 @@ class RelationalRegionLevelNet(nn.Module):
         limit = self.config.boa.max_objects
         if limit is not None:
             obj_feats, obj_boxes, obj_mask = obj_feats[:, :limit], obj_boxes[:, :limit], obj_mask[:, :limit]
-        obj_feats = obj_feats.to(dtype)
-        obj_boxes, person_box = obj_boxes.to(dtype), person_box.to(dtype)
         obj_mask = obj_mask.to(torch.bool)
+        obj_feats = (obj_feats.to(dtype) - self.object_feature_mean) / self.object_feature_std
+        obj_feats = obj_feats * obj_mask.unsqueeze(-1)  # padding stays exactly zero
+        obj_boxes, person_box = obj_boxes.to(dtype), person_box.to(dtype)
 
         body_feature = self.body_feature(body.to(dtype))
         context, attention = self.boa(body_feature, obj_feats, obj_boxes, obj_mask, person_box)

@@ -74,6 +74,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0005
     loss: str = "weighted_mse"
+    grad_clip_norm: float | None = 5.0
     num_workers: int = 1
     use_gpu: str | bool = "auto"
     loader_workers: int = 1

@@ -233,7 +233,8 @@ def test_eld_buffers_and_changing_t_p_without_recomputing_p():
 def test_eld_scores_are_per_class_dot_products_with_gcn_classifiers():
     torch.manual_seed(0)
     embeddings = torch.randn(4, 6)
-    eld = EmotionLabelDependency(P_HAND.numpy(), embeddings.numpy(), t=0.2, p=0.2, hidden=8, feature_dim=12)
+    eld = EmotionLabelDependency(P_HAND.numpy(), embeddings.numpy(), t=0.2, p=0.2, hidden=8, feature_dim=12,
+                                 scaled=False)
     assert eld.gcn1.weight.shape == (8, 6) and eld.gcn2.weight.shape == (12, 8)
     features = torch.randn(5, 12)
     a_hat = eld_adjacency(P_HAND, 0.2, 0.2)
@@ -241,6 +242,9 @@ def test_eld_scores_are_per_class_dot_products_with_gcn_classifiers():
     h2 = a_hat @ h1 @ eld.gcn2.weight.T  # [C, 12]
     expected = torch.stack([features @ h2[c] for c in range(4)], dim=1)
     assert torch.allclose(eld(features), expected, atol=1e-5)
+    scaled = EmotionLabelDependency(P_HAND.numpy(), embeddings.numpy(), t=0.2, p=0.2, hidden=8, feature_dim=12)
+    scaled.load_state_dict(eld.state_dict())
+    assert torch.allclose(scaled(features), expected / 12 ** 0.5, atol=1e-5)
     eld(features).sum().backward()
     assert eld.gcn1.weight.grad.abs().sum() > 0 and eld.gcn2.weight.grad.abs().sum() > 0
 
