@@ -1,0 +1,73 @@
+"""MLflow wiring shared by train, evaluate, the registry and the sweep.
+
+Embedded default: a SQLite store under the workspace (`mlflow.db`, artifacts in
+`mlartifacts/`). `MLFLOW_TRACKING_URI` (and, for artifacts on S3, the usual
+`MLFLOW_S3_ENDPOINT_URL` / AWS variables) points at a real server instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+EXPERIMENT = os.environ.get("CTXEMO_MLFLOW_EXPERIMENT", "ctxemo")
+
+
+def tracking_uri(workspace: Path | None = None) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    workspace = (workspace or Path.cwd()).resolve()
+    return f"sqlite:///{workspace / 'mlflow.db'}"
+
+
+def artifact_location(workspace: Path | None = None) -> str | None:
+    """Where a new experiment keeps artifacts.
+
+    CTXEMO_MLFLOW_ARTIFACT_ROOT wins; with a tracking server and nothing set, the server
+    decides (None); locally, the S3 bucket when CTXEMO_S3_BUCKET is set, else `mlartifacts/`.
+    """
+    explicit = os.environ.get("CTXEMO_MLFLOW_ARTIFACT_ROOT")
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    from stages.settings import StorageSettings
+
+    on_s3 = StorageSettings.from_env().mlflow_artifact_root()
+    return on_s3 or ((workspace or Path.cwd()).resolve() / "mlartifacts").as_uri()
+
+
+def setup(workspace: Path | None = None, experiment: str = EXPERIMENT) -> str:
+    """Point mlflow at the store and make sure the experiment exists; returns its id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(workspace))
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    return mlflow.create_experiment(experiment, artifact_location=artifact_location(workspace))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in tree.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            yield from flatten(value, path)
+        else:
+            yield path, value
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
