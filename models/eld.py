@@ -50,7 +50,7 @@ LEAKY_SLOPE = 0.2
 
 
 def _as_float_tensor(value: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
-    tensor = torch.as_tensor(np.asarray(value) if not torch.is_tensor(value) else value)
+    tensor = torch.as_tensor(np.array(value) if not torch.is_tensor(value) else value)  # a copy: inputs may be read-only
     tensor = tensor.detach().to(dtype=torch.float32, device="cpu").clone()
     if not torch.isfinite(tensor).all():
         raise ValueError(f"{what} contains NaN or infinite values")

@@ -46,8 +46,8 @@ def synth(
         summary = generate(out, images=images, seed=seed, fmt=format)
     except UserError as exc:
         _fail(str(exc))
-    typer.echo(f"wrote {format} demo data to {out}: " + ", ".join(
-        f"{k}={v}" for k, v in summary.get("counts", {}).items()))
+    persons = ", ".join(f"{split} {n}" for split, n in summary["persons"].items())
+    typer.echo(f"wrote {format} demo data to {out}: {sum(summary['images'].values())} images; persons {persons}")
 
 
 @app.command()
@@ -74,6 +74,24 @@ def demo(
         run_demo(images=images, fresh=fresh)
     except UserError as exc:
         _fail(str(exc))
+
+
+@app.command()
+def ablate(
+    variant: list[str] = typer.Option(None, "--variant", help="full | no_boa | no_bpa | no_eld | no_geometry (repeatable; default all)"),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+) -> None:
+    """Train and evaluate the paper's ablations on the same data; write reports/ablations.{md,json}."""
+    from pipelines import ablation
+    from stages.errors import UserError
+    from stages.params import read_yaml
+
+    try:
+        result = ablation.run(read_yaml(params_file), variant or tuple(ablation.VARIANTS))
+    except (UserError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(result["markdown"])
+    typer.echo("written: reports/ablations.md, reports/ablations.json")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,71 @@
+"""The embedded-default main job behind `make demo` / `ctxemo demo`.
+
+Generates the demo data set when it is missing, runs `dvc repro` (DVC decides what is
+stale; a second run does nothing) and prints what came out and where it lives.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from stages.errors import UserError
+from stages.params import load_params
+
+
+def _annotations_present(root: Path, annotations: str | None) -> bool:
+    return root.is_dir() and (annotations is None or (root / annotations).exists())
+
+
+def run_demo(images: int | None = None, fresh: bool = False, workspace: Path = Path(".")) -> dict:
+    started = time.perf_counter()
+    params = load_params(workspace / "params.yaml")
+    data_root = workspace / params.data.root
+    synth_out = workspace / params.synth.out
+    if data_root.resolve() != synth_out.resolve():
+        raise UserError(f"the demo generates data into synth.out={params.synth.out} but data.root is "
+                        f"{params.data.root}: point both at the same folder for the demo, or run `dvc repro` "
+                        "directly on your own data")
+    if fresh or not _annotations_present(data_root, params.data.annotations):
+        from stages.data.synth import generate
+
+        count = images or params.synth.images
+        print(f"[demo] generating {count} {params.synth.format} images into {synth_out} (seed {params.synth.seed})",
+              flush=True)
+        generate(synth_out, images=count, seed=params.synth.seed, fmt=params.synth.format)
+    print("[demo] dvc repro", flush=True)
+    code = subprocess.call([sys.executable, "-m", "dvc", "repro"], cwd=workspace)
+    if code != 0:
+        raise UserError(f"`dvc repro` failed with exit code {code}; the stage's error is printed above")
+    summary = describe_outputs(workspace)
+    print(f"[demo] finished in {time.perf_counter() - started:.0f} s", flush=True)
+    return summary
+
+
+def describe_outputs(workspace: Path) -> dict:
+    """Print a short account of the pipeline outputs that exist, and return it."""
+    summary: dict = {}
+    ingest = workspace / "reports/ingest.json"
+    if ingest.is_file():
+        info = json.loads(ingest.read_text())
+        summary["ingest"] = info
+        counts = ", ".join(f"{split} {n}" for split, n in info.get("persons", {}).items())
+        print(f"manifest: {workspace / 'data/manifest'} ({counts}); quarantined {info.get('quarantined', 0)}")
+    metrics = workspace / "reports/metrics.json"
+    if metrics.is_file():
+        from pipelines.report import print_metrics_table
+
+        summary["metrics"] = json.loads(metrics.read_text())
+        print_metrics_table(summary["metrics"])
+        print(f"plots: {workspace / 'reports/plots'} (`dvc plots show` renders them)")
+    run_file = workspace / "artifacts/model/mlflow_run.json"
+    if run_file.is_file():
+        from stages.tracking import tracking_uri
+
+        run_id = json.loads(run_file.read_text())["run_id"]
+        summary["mlflow_run_id"] = run_id
+        print(f"MLflow run {run_id} in {tracking_uri(workspace)} "
+              f"(browse: mlflow ui --backend-store-uri {tracking_uri(workspace)})")
+    return summary

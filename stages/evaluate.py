@@ -1,0 +1,214 @@
+"""Evaluate the best checkpoint: thresholds on val, metrics and plots on test.
+
+    python -m stages.evaluate       # params.yaml; reads artifacts/model, writes reports/
+
+Multi-label (EMOTIC): per-class thresholds where precision = recall on val, then on test
+mAP, per-class AP, C-F1, O-F1 and mean Jaccard, next to the label-frequency baseline
+(every person scored with the training frequency of each class). Single-label (CAER-S):
+accuracy, per-class accuracy and the confusion matrix next to the majority-class baseline.
+Plots for `dvc plots show`: per-class AP bars, PR curves, confusion matrix. Everything
+is logged to the training run in MLflow.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stages import metrics
+from stages.errors import UserError
+from stages.params import load_params
+
+
+@dataclass(frozen=True)
+class EvalPaths:
+    data_root: Path
+    manifest_dir: Path = Path("data/manifest")
+    objects_dir: Path = Path("data/objects")
+    model_dir: Path = Path("artifacts/model")
+    thresholds_file: Path = Path("artifacts/thresholds.json")
+    metrics_file: Path = Path("reports/metrics.json")
+    plots_dir: Path = Path("reports/plots")
+
+
+def score_split(package, paths: EvalPaths, split: str, batch_size: int, loader_workers: int = 0):
+    """(targets, scores) of one split through the training Dataset and the trained model."""
+    from torch.utils.data import DataLoader
+
+    from stages.data.dataset import PersonDataset
+    from stages.data.manifest import read_manifest
+    from stages.inference import predict_loader
+
+    dataset = PersonDataset(
+        read_manifest(split, paths.manifest_dir), paths.data_root, paths.objects_dir / split,
+        num_classes=len(package.classes), task=package.task, input_size=package.input_size,
+        max_objects=package.max_objects,
+    )
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=loader_workers)
+    indices, scores = predict_loader(package.model, loader)
+    ordered = np.empty_like(scores)
+    ordered[indices] = scores
+    return dataset.targets(), ordered
+
+
+def multilabel_results(classes: list[str], val: tuple, test: tuple, train_freq: np.ndarray) -> dict[str, Any]:
+    (val_y, val_s), (test_y, test_s) = val, test
+    thresholds = metrics.equal_error_thresholds(val_y, val_s)
+    report = metrics.multilabel_report(test_y, test_s, thresholds, classes)
+    baseline = metrics.average_precision(test_y, np.tile(train_freq, (len(test_y), 1)))
+    per_class = {
+        name: {"AP": report["per_class_ap"][i], "F1": report["per_class_f1"][i],
+               "threshold": report["thresholds"]["values"][i], "test_positives": int(test_y[:, i].sum())}
+        for i, name in enumerate(classes)
+    }
+    return {
+        "task": "multilabel", "split": "test", "num_examples": report["num_examples"],
+        "mAP": report["mAP"], "baseline_mAP": baseline.mean, "val_mAP": metrics.average_precision(val_y, val_s).mean,
+        "c_f1": report["c_f1"], "o_f1": report["o_f1"], "jaccard": report["jaccard"],
+        "per_class": per_class,
+        "classes_without_positives": [classes[i] for i in report["classes_without_positives"]],
+        "thresholds_without_val_positives": [classes[i] for i in thresholds.classes_without_positives],
+        "note": report["note"],
+    }, thresholds
+
+
+def multiclass_results(classes: list[str], val: tuple, test: tuple, train_counts: np.ndarray) -> dict[str, Any]:
+    (val_y, val_s), (test_y, test_s) = val, test
+    report = metrics.multiclass_report(test_y, test_s, len(classes), classes)
+    majority = int(np.argmax(train_counts))
+    return {
+        "task": "multiclass", "split": "test", "num_examples": report["num_examples"],
+        "accuracy": report["accuracy"], "baseline_accuracy": float((test_y == majority).mean()),
+        "val_accuracy": metrics.multiclass_report(val_y, val_s, len(classes))["accuracy"],
+        "mean_class_accuracy": report["mean_class_accuracy"],
+        "per_class": {name: {"accuracy": report["per_class_accuracy"][i]} for i, name in enumerate(classes)},
+        "confusion_matrix": report["confusion_matrix"],
+        "classes_without_positives": [classes[i] for i in report["classes_without_positives"]],
+        "note": report["note"],
+    }, None
+
+
+def write_plots(results: dict[str, Any], classes: list[str], test: tuple, plots_dir: Path) -> list[Path]:
+    """DVC-renderable plot data (json) plus PNG figures; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    test_y, test_s = test
+    if results["task"] == "multilabel":
+        bars = [{"class": c, "AP": results["per_class"][c]["AP"] or 0.0} for c in classes]
+        path = plots_dir / "per_class_ap.json"
+        path.write_text(json.dumps(bars, indent=1))
+        written.append(path)
+        fig, axes = plt.subplots(1, 2, figsize=(14, 7))
+        for i, name in enumerate(classes):
+            if test_y[:, i].sum() == 0:
+                continue
+            precision, recall, _ = precision_recall_curve(test_y[:, i], test_s[:, i])
+            axes[0].plot(recall, precision, lw=1, label=f"{name} ({results['per_class'][name]['AP']:.2f})")
+        axes[0].set(xlabel="recall", ylabel="precision", title=f"PR curves (test mAP {results['mAP']:.3f})")
+        axes[0].legend(fontsize=6, ncol=2)
+        order = np.argsort([b["AP"] for b in bars])
+        axes[1].barh([bars[i]["class"] for i in order], [bars[i]["AP"] for i in order])
+        axes[1].set(xlabel="AP", title="per-class AP")
+        fig.tight_layout()
+        path = plots_dir / "pr_curves.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    else:
+        pred = test_s.argmax(axis=1)
+        rows = [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(test_y, pred)]
+        path = plots_dir / "confusion.json"
+        path.write_text(json.dumps(rows))
+        written.append(path)
+        matrix = np.asarray(results["confusion_matrix"])
+        fig, ax = plt.subplots(figsize=(6, 5))
+        ax.imshow(matrix, cmap="Blues")
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+        ax.set_yticks(range(len(classes)), classes)
+        for (r, c), v in np.ndenumerate(matrix):
+            ax.text(c, r, str(v), ha="center", va="center", fontsize=8)
+        ax.set(xlabel="predicted", ylabel="actual", title=f"test accuracy {results['accuracy']:.3f}")
+        fig.tight_layout()
+        path = plots_dir / "confusion.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def run(paths: EvalPaths, batch_size: int = 32) -> dict[str, Any]:
+    from stages.data.manifest import read_manifest
+    from stages.inference import load_model_package
+
+    package = load_model_package(paths.model_dir)
+    classes = package.classes
+    val = score_split(package, paths, "val", batch_size)
+    test = score_split(package, paths, "test", batch_size)
+    train_labels = read_manifest("train", paths.manifest_dir)["labels"]
+    counts = np.zeros(len(classes))
+    for row in train_labels:
+        counts[np.asarray(list(row), dtype=np.int64)] += 1
+    if package.task == "multilabel":
+        results, thresholds = multilabel_results(classes, val, test, counts / max(len(train_labels), 1))
+    else:
+        results, thresholds = multiclass_results(classes, val, test, counts)
+    results["dataset"] = package.params["data"]["kind"]
+    for path in (paths.metrics_file, paths.thresholds_file):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(paths.metrics_file).write_text(json.dumps(results, indent=2))
+    threshold_doc = {"classes": classes, "task": package.task,
+                     "thresholds": None if thresholds is None else thresholds.to_dict()["values"],
+                     "rule": "per class on val where precision = recall (stages/metrics.py)"}
+    Path(paths.thresholds_file).write_text(json.dumps(threshold_doc, indent=2))
+    plots = write_plots(results, classes, test, Path(paths.plots_dir))
+    _log_to_mlflow(paths, results, plots)
+    return results
+
+
+def _log_to_mlflow(paths: EvalPaths, results: dict[str, Any], plots: list[Path]) -> None:
+    """Add test metrics, thresholds and plots to the run that trained the model."""
+    run_file = Path(paths.model_dir) / "mlflow_run.json"
+    if not run_file.is_file():
+        return
+    import mlflow
+
+    from stages import tracking
+
+    tracking.setup()
+    scalars = {f"test_{k}": float(v) for k, v in results.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None}
+    with mlflow.start_run(run_id=json.loads(run_file.read_text())["run_id"]):
+        mlflow.log_metrics(scalars)
+        mlflow.log_artifact(str(paths.metrics_file), artifact_path="evaluation")
+        mlflow.log_artifact(str(paths.thresholds_file), artifact_path="evaluation")
+        for plot in plots:
+            mlflow.log_artifact(str(plot), artifact_path="evaluation/plots")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.env import apply_embedded_defaults
+    from pipelines.report import print_metrics_table
+
+    apply_embedded_defaults()
+    try:
+        params = load_params()
+        results = run(EvalPaths(data_root=Path(params.data.root)), batch_size=params.train.batch_size)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print_metrics_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

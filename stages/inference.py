@@ -1,0 +1,72 @@
+"""Loading a trained model package and scoring persons: shared by train, evaluate and predict."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stages.errors import UserError
+
+
+@dataclass
+class ModelPackage:
+    """A trained model with everything needed to use it the way it was trained."""
+
+    model: Any                  # torch.nn.Module in eval mode
+    classes: list[str]
+    task: str                   # multilabel | multiclass
+    params: dict[str, Any]      # the frozen params.yaml the model was trained with
+    thresholds: np.ndarray | None = None
+
+    @property
+    def input_size(self) -> int:
+        return int(self.params["model"]["backbone"]["input_size"])
+
+    @property
+    def max_objects(self) -> int | None:
+        return self.params["model"]["boa"].get("max_objects")
+
+
+def load_model_package(model_dir: Path, thresholds_file: Path | None = None) -> ModelPackage:
+    import torch
+
+    from models import model_from_checkpoint
+
+    checkpoint = Path(model_dir) / "model.pt"
+    if not checkpoint.is_file():
+        raise UserError(f"no trained model at {checkpoint}: run the train stage (dvc repro train) first")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model = model_from_checkpoint(state["spec"], state["state_dict"]).eval()
+    thresholds = None
+    if thresholds_file is not None and Path(thresholds_file).is_file():
+        thresholds = np.asarray(json.loads(Path(thresholds_file).read_text())["thresholds"], dtype=np.float32)
+    return ModelPackage(model=model, classes=list(state["classes"]), task=state["task"],
+                        params=state["params"], thresholds=thresholds)
+
+
+def predict_loader(model, loader, device="cpu", with_attention: bool = False):
+    """Scores (and optionally BOA weights) for every item a loader yields.
+
+    Returns (dataset indices, scores[, attention]) in loader order.
+    """
+    import torch
+
+    from stages.data.dataset import model_inputs
+
+    model.eval()
+    indices, scores, attention = [], [], []
+    with torch.no_grad():
+        for batch in loader:
+            out = model(*model_inputs(batch, device))
+            scores.append(out.logits.float().cpu().numpy())
+            indices.append(batch["index"].numpy())
+            if with_attention:
+                att = out.attention
+                attention.append(None if att is None else att.float().cpu().numpy())
+    result = (np.concatenate(indices), np.concatenate(scores))
+    if with_attention:
+        result += (None if any(a is None for a in attention) else np.concatenate(attention),)
+    return result

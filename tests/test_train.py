@@ -1,0 +1,117 @@
+"""Training through Ray Train on the tiny generated workspace: DDP, fault tolerance, MLflow."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stages import train
+from stages.params import apply_overrides, params_from_dict
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("CTXEMO_MLFLOW_ARTIFACT_ROOT", (tmp_path / "artifacts").as_uri())
+    return uri
+
+
+def _history(paths) -> list[dict]:
+    return json.loads((Path(paths.report_dir) / "history.json").read_text())
+
+
+def test_two_worker_ddp_run_trains_exports_and_tracks_in_mlflow(tiny_workspace, ray_local, mlflow_store):
+    import mlflow
+
+    from models import model_from_checkpoint
+
+    params = params_from_dict(apply_overrides(tiny_workspace.params_dict, {"train.num_workers": 2}))
+    paths = tiny_workspace.train_paths("ddp")
+    summary = train.run(params, paths)
+
+    history = _history(paths)
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert all(np.isfinite(h["train_loss"]) and 0.0 <= h["val_map"] <= 1.0 for h in history)
+    assert summary["val_map"] == max(h["val_map"] for h in history)
+    assert summary["best_epoch"] == int(np.argmax([h["val_map"] for h in history]))
+
+    package = torch.load(Path(paths.model_dir) / "model.pt", weights_only=False)
+    assert package["task"] == "multilabel" and len(package["classes"]) == 26
+    model = model_from_checkpoint(package["spec"], package["state_dict"])
+
+    client = mlflow.MlflowClient(mlflow_store)
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.data.params["model.boa.heads"] == "2" and run.data.params["train.num_workers"] == "2"
+    assert len(client.get_metric_history(run.info.run_id, "val_map")) == 2
+    assert run.data.metrics["best_val_map"] == pytest.approx(summary["val_map"])
+    assert run.data.tags["ctxemo.stage"] == "train"
+
+    # the logged model is loadable and is the exported best checkpoint
+    logged = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model").eval()
+    generator = torch.Generator().manual_seed(0)
+    inputs = (torch.randn(2, 3, 32, 32, generator=generator), torch.randn(2, 4, 2048, generator=generator),
+              torch.tensor([[[0, 0, 10, 10]] * 4] * 2, dtype=torch.float32), torch.ones(2, 4, dtype=torch.bool),
+              torch.tensor([[5.0, 5.0, 30.0, 40.0]] * 2))
+    with torch.no_grad():
+        assert torch.allclose(logged(*inputs).logits, model(*inputs).logits, atol=1e-6)
+
+
+def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(tiny_workspace, ray_local, tmp_path):
+    """Ray's FailureConfig restarts the worker group from the last reported checkpoint.
+
+    The worker exits hard after epoch 0 (once). The resumed run must finish and, being
+    seeded and deterministic on CPU, end with exactly the numbers of a run never killed.
+    """
+    base = apply_overrides(tiny_workspace.params_dict, {"train.epochs": 3})
+    clean = train.fit(params_from_dict(base), tiny_workspace.train_paths("clean"), run_name="clean")[0]
+    assert clean.error is None
+
+    marker = tmp_path / "killed-once"
+    params = params_from_dict(apply_overrides(base, {"train.max_failures": 1}))
+    result, _ = train.fit(params, tiny_workspace.train_paths("chaos"),
+                          chaos={"kill_after_epoch": 0, "marker": str(marker)}, run_name="chaos")
+    assert marker.exists(), "the worker was never killed"
+    assert result.error is None
+    assert result.metrics["epoch"] == 2
+
+    def final(res):
+        with res.checkpoint.as_directory() as d:
+            return torch.load(Path(d) / train.CHECKPOINT_FILE, weights_only=False)
+
+    resumed, uninterrupted = final(result), final(clean)
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
+    assert [h["train_loss"] for h in resumed["history"]] == pytest.approx(
+        [h["train_loss"] for h in uninterrupted["history"]], rel=1e-5)
+    for key, tensor in uninterrupted["model"].items():
+        assert torch.allclose(resumed["model"][key].float(), tensor.float(), atol=1e-5), key
+
+
+def test_without_max_failures_a_killed_worker_fails_the_run(tiny_workspace, ray_local, tmp_path):
+    import ray.train
+
+    params = params_from_dict(apply_overrides(tiny_workspace.params_dict, {"train.epochs": 2}))
+    with pytest.raises(ray.train.TrainingFailedError, match="worker"):
+        train.fit(params, tiny_workspace.train_paths("fatal"),
+                  chaos={"kill_after_epoch": 0, "marker": str(tmp_path / "m")}, run_name="fatal")
+
+
+def test_object_feature_stats_match_numpy_over_valid_rows(tiny_workspace):
+    split_dir = tiny_workspace.data / "objects" / "train"
+    mean, std = train.object_feature_stats(split_dir, chunk=3)
+    features = np.load(split_dir / "features.npy").astype(np.float64)
+    counts = np.load(split_dir / "counts.npy")
+    valid = np.concatenate([features[i, :c] for i, c in enumerate(counts)])
+    assert np.allclose(mean, valid.mean(axis=0), atol=1e-4)
+    assert np.allclose(std, valid.std(axis=0), atol=1e-3)
+
+
+def test_missing_stage_outputs_give_a_clear_error(tiny_workspace, tmp_path):
+    from stages.errors import UserError
+
+    paths = train.TrainPaths(data_root=tmp_path, manifest_dir=tmp_path / "nope")
+    with pytest.raises(UserError, match="run the ingest stage first"):
+        train.worker_config(tiny_workspace.params, paths)
