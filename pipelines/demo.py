@@ -6,6 +6,7 @@ stale; a second run does nothing) and prints what came out and where it lives.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,6 +14,16 @@ from pathlib import Path
 
 from stages.errors import UserError
 from stages.params import load_params
+
+
+def stage_env() -> dict[str, str]:
+    """The environment for DVC's stage commands: this interpreter's bin first on PATH.
+
+    dvc.yaml says `python -m stages.X`; that must be the Python ctxemo is installed in.
+    """
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
 
 
 def _annotations_present(root: Path, annotations: str | None) -> bool:
@@ -36,7 +47,7 @@ def run_demo(images: int | None = None, fresh: bool = False, workspace: Path = P
               flush=True)
         generate(synth_out, images=count, seed=params.synth.seed, fmt=params.synth.format)
     print("[demo] dvc repro", flush=True)
-    code = subprocess.call([sys.executable, "-m", "dvc", "repro"], cwd=workspace)
+    code = subprocess.call([sys.executable, "-m", "dvc", "repro"], cwd=workspace, env=stage_env())
     if code != 0:
         raise UserError(f"`dvc repro` failed with exit code {code}; the stage's error is printed above")
     summary = describe_outputs(workspace)
@@ -51,8 +62,9 @@ def describe_outputs(workspace: Path) -> dict:
     if ingest.is_file():
         info = json.loads(ingest.read_text())
         summary["ingest"] = info
-        counts = ", ".join(f"{split} {n}" for split, n in info.get("persons", {}).items())
-        print(f"manifest: {workspace / 'data/manifest'} ({counts}); quarantined {info.get('quarantined', 0)}")
+        counts = ", ".join(f"{split} {info['rows'][split]}" for split in ("train", "val", "test"))
+        print(f"manifest: {workspace / 'data/manifest'} (persons: {counts}); "
+              f"quarantined {info['quarantine']['total']} (data/manifest/quarantine.parquet)")
     metrics = workspace / "reports/metrics.json"
     if metrics.is_file():
         from pipelines.report import print_metrics_table
