@@ -77,6 +77,25 @@ def demo(
 
 
 @app.command()
+def configure(
+    overrides: Path = typer.Argument(..., help="a YAML file of params.yaml keys to change (e.g. configs/paper-emotic.yaml)"),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+    dry_run: bool = typer.Option(False, help="print the changes without writing"),
+) -> None:
+    """Merge a config file into params.yaml (every key must already exist; the result is validated)."""
+    from pipelines.configure import merge_config
+    from models.config import ConfigError
+
+    try:
+        changes = merge_config(params_file, overrides, write=not dry_run)
+    except ConfigError as exc:
+        _fail(str(exc))
+    for dotted, (old, new) in changes.items():
+        typer.echo(f"{dotted}: {old!r} -> {new!r}")
+    typer.echo(("would change" if dry_run else "changed") + f" {len(changes)} key(s) in {params_file}")
+
+
+@app.command()
 def ablate(
     variant: list[str] = typer.Option(None, "--variant", help="full | no_boa | no_bpa | no_eld | no_geometry (repeatable; default all)"),
     params_file: Path = typer.Option(Path("params.yaml"), "--params"),
@@ -92,6 +111,167 @@ def ablate(
         _fail(str(exc))
     typer.echo(result["markdown"])
     typer.echo("written: reports/ablations.md, reports/ablations.json")
+
+
+@app.command()
+def sweep(
+    samples: Optional[int] = typer.Option(None, min=1, help="number of trials (default: tune.num_samples)"),
+    max_epochs: Optional[int] = typer.Option(None, "--max-epochs", min=1,
+                                             help="epochs per trial (default: tune.max_epochs)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the last interrupted sweep of this workspace"),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+) -> None:
+    """Ray Tune sweep over tune.space (ASHA); writes reports/best_params.yaml, reports/sweep.{md,json}."""
+    from pipelines import sweep as sweep_pipeline
+    from stages.errors import UserError
+    from stages.params import params_from_dict, read_yaml
+    from stages.train import TrainPaths
+
+    command = " ".join(["ctxemo sweep", *sys.argv[2:]])
+    try:
+        params_dict = read_yaml(params_file)
+        paths = TrainPaths(data_root=Path(params_from_dict(params_dict).data.root))
+        result = sweep_pipeline.run(params_dict, paths, samples=samples, max_epochs=max_epochs, resume=resume,
+                                    command=command)
+    except (UserError, ValueError) as exc:
+        _fail(str(exc))
+    if result["interrupted"]:
+        typer.echo(f"sweep {result['name']} interrupted; continue it with `ctxemo sweep --resume`")
+        raise typer.Exit(code=130)
+    counts = ", ".join(f"{n} {status}" for status, n in result["trials"].items())
+    typer.echo(f"sweep {result['name']}: {counts} in {result['wall_seconds'] / 60:.1f} min")
+    typer.echo(f"best {result['metric']} {result['best']['val_metric']:.4f}: {result['best']['params']}")
+    typer.echo(f"adopt with: {result['adopt']}")
+    typer.echo("written: reports/best_params.yaml, reports/sweep.md, reports/sweep.json, reports/plots/sweep_*.png")
+
+
+# --------------------------------------------------------------------------- retraining, registry, predict
+
+
+def _workspace_params(params_file: Path):
+    from models.config import ConfigError
+    from stages.params import load_params
+
+    try:
+        return load_params(params_file)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def retrain(
+    pull: bool = typer.Option(False, "--pull", help="dvc pull before reproducing"),
+    push: bool = typer.Option(False, "--push", help="dvc push after the promotion"),
+    promote: bool = typer.Option(True, "--promote/--no-promote", help="move the champion alias when the gate passes"),
+    serve: bool = typer.Option(False, "--serve", help="stay running and start the flow on the --cron schedule"),
+    cron: str = typer.Option("0 3 * * 1", help="cron schedule for --serve (default: Mondays 03:00)"),
+    name: str = typer.Option("retrain-weekly", help="deployment name for --serve"),
+) -> None:
+    """Prefect flow: dvc pull -> dvc repro (on Ray) -> evaluate -> register -> promote -> dvc push."""
+    from pipelines import flows
+
+    parameters = {"workspace": str(Path(".").resolve()), "pull": pull, "push": push, "promote": promote}
+    if serve:
+        typer.echo(f"serving deployment retrain/{name} on cron {cron!r}; Ctrl-C stops it")
+        flows.serve_retrain(name=name, cron=cron, parameters=parameters)
+        return
+    state = flows.retrain(**parameters, return_state=True)
+    if not state.is_completed():
+        _fail(f"retrain flow run {state.name}: {state.message}")
+    summary = state.result()
+    if summary.get("decision"):
+        typer.echo(summary["decision"]["explanation"])
+    typer.echo(f"retrain finished: model version {summary.get('version')}, champion {summary.get('champion')}")
+
+
+@app.command("ablate-flow")
+def ablate_flow(
+    variant: list[str] = typer.Option(None, "--variant", help="full | no_boa | no_bpa | no_eld | no_geometry (repeatable; default all)"),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+) -> None:
+    """The ablations as a Prefect flow: variants trained in parallel as Ray tasks (RayTaskRunner)."""
+    from pipelines import ablation, flows
+
+    state = flows.ablations(workspace=str(Path(".").resolve()), variants=variant or list(ablation.VARIANTS),
+                            params_file=str(params_file), return_state=True)
+    if not state.is_completed():
+        _fail(f"ablations flow run {state.name}: {state.message}")
+    typer.echo(state.result()["markdown"])
+
+
+@app.command("promote")
+def promote_model(
+    dry_run: bool = typer.Option(False, "--dry-run", help="explain the decision; register and move nothing"),
+    version: Optional[str] = typer.Option(None, help="gate this registered version instead of the workspace's model"),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+) -> None:
+    """Register the evaluated model as challenger; make it champion if it beats the champion by registry.min_improvement."""
+    from pipelines import registry
+    from stages.errors import UserError
+
+    params = _workspace_params(params_file)
+    name, threshold = params.registry.model_name, params.registry.min_improvement
+    try:
+        if version is None:
+            decision = registry.register_and_promote(Path("."), name, threshold, dry_run=dry_run).decision
+        else:
+            decision = registry.gate_version(name, version, threshold, dry_run=dry_run, workspace=Path("."))
+    except UserError as exc:
+        _fail(str(exc))
+    typer.echo(decision.explain())
+
+
+@app.command("predict")
+def predict_images(
+    images: list[Path] = typer.Argument(..., help="image files"),
+    box: list[str] = typer.Option(None, "--box", help="x1,y1,x2,y2 of a person (repeatable, for every image); default: detect people"),
+    model: Optional[str] = typer.Option(None, "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID or a local artifacts folder [default: models:/<registry.model_name>@champion]"),
+    annotate: Optional[Path] = typer.Option(None, "--annotate", help="write an annotated PNG (a folder when several images are given)"),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+) -> None:
+    """Emotions (with scores) of each person in the images, as JSON; optionally an annotated image."""
+    import json
+
+    from pipelines import predict
+    from stages.errors import UserError
+
+    try:
+        boxes = [predict.parse_box(b) for b in box] if box else None
+        if model is None:
+            model = predict.default_model_uri(_workspace_params(params_file).registry.model_name)
+        results = predict.run(images, model, boxes=boxes, annotate_to=annotate, workspace=Path("."))
+    except UserError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+
+
+@app.command("predict-batch")
+def predict_batch(
+    src: Optional[str] = typer.Argument(None, help="a folder or s3://bucket/prefix [default: CTXEMO_BATCH_INPUT_URI]"),
+    out: Optional[str] = typer.Option(None, "--out", help="the .parquet to write, local or s3:// [default: CTXEMO_BATCH_OUTPUT_URI/predictions.parquet]"),
+    model: Optional[str] = typer.Option(None, "--model", help="as for `ctxemo predict` [default: the champion]"),
+    boxes: Optional[Path] = typer.Option(None, "--boxes", help="CSV image,x1,y1,x2,y2 of known people (image relative to SRC)"),
+    batch_size: int = typer.Option(4, min=1, help="images per Ray Data batch"),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+) -> None:
+    """Predict every image of a folder or S3 prefix with Ray Data; write one Parquet of per-person predictions."""
+    import json
+
+    from pipelines import batch_predict, predict
+    from stages.errors import UserError
+    from stages.settings import StorageSettings
+
+    try:
+        settings = StorageSettings.from_env()
+        if src is None or out is None:
+            default_src, default_out = batch_predict.default_locations(settings)
+            src, out = src or default_src, out or default_out
+        if model is None:
+            model = predict.default_model_uri(_workspace_params(params_file).registry.model_name)
+        summary = batch_predict.run(src, out, model, boxes_file=boxes, batch_size=batch_size, settings=settings)
+    except UserError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

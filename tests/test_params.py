@@ -45,3 +45,38 @@ def test_overrides_apply_dotted_paths_and_reject_typos(repo_params_dict):
     assert repo_params_dict["model"]["eld"]["p"] == 0.2, "the input dict must stay untouched"
     with pytest.raises(ConfigError, match="model.eld.q"):
         apply_overrides(repo_params_dict, {"model.eld.q": 1})
+
+
+@pytest.mark.parametrize("config", ["paper-emotic.yaml", "caers.yaml"])
+def test_shipped_configs_merge_into_params(tmp_path, config):
+    import shutil
+
+    from pipelines.configure import merge_config
+    from stages.params import load_params
+    from tests_paths import REPO
+
+    params_file = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", params_file)
+    changes = merge_config(params_file, REPO / "configs" / config)
+    merged = load_params(params_file)
+    if config == "paper-emotic.yaml":
+        assert merged.model.backbone.name == "resnet50" and merged.objects.top_n == 50
+        assert merged.train.batch_size == 200 and changes["train.batch_size"] == (32, 200)
+    else:
+        assert merged.data.kind == "caers"
+    assert (tmp_path / "params.yaml.bak").is_file()
+
+
+def test_config_with_a_typo_is_rejected_and_params_untouched(tmp_path):
+    import shutil
+
+    from pipelines.configure import merge_config
+    from tests_paths import REPO
+
+    params_file = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", params_file)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {boa: {headz: 4}}\n")
+    with pytest.raises(ConfigError, match="headz"):
+        merge_config(params_file, bad)
+    assert params_file.read_text() == (REPO / "params.yaml").read_text()
