@@ -32,10 +32,12 @@ def default_object_store_bytes() -> int:
 
 
 def init_ray(num_cpus: int | None = None, num_gpus: int | None = None,
-             object_store_memory: int | None = None, temp_dir: str | None = None) -> bool:
+             object_store_memory: int | None = None, temp_dir: str | None = None,
+             include_dashboard: bool = False) -> bool:
     """Start or join Ray unless it is already up. Returns True when this call started it.
 
-    The resource arguments only apply to an embedded cluster; they are ignored (not an
+    `include_dashboard=True` also serves Ray's state API, which Ray Train V2's placement-group
+    cleaner polls every second (without it, it logs a warning each time). The resource arguments only apply to an embedded cluster; they are ignored (not an
     error) when `RAY_ADDRESS` names an existing one.
     """
     import ray
@@ -50,7 +52,7 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None,
         "num_cpus": num_cpus,
         "num_gpus": num_gpus,
         "object_store_memory": object_store_memory or default_object_store_bytes(),
-        "include_dashboard": False,
+        "include_dashboard": include_dashboard,
     }
     if temp_dir is not None:
         kwargs["_temp_dir"] = temp_dir

@@ -53,7 +53,7 @@ class TrainPaths:
 # --------------------------------------------------------------------------- workers
 
 
-def _datasets(params: Params, paths: TrainPaths, num_classes: int, task: str):
+def _datasets(params: Params, paths: TrainPaths, num_classes: int, task: str, body_cache: str | None = None):
     from stages.data.dataset import PersonDataset
     from stages.data.manifest import read_manifest
 
@@ -62,6 +62,7 @@ def _datasets(params: Params, paths: TrainPaths, num_classes: int, task: str):
             read_manifest(split, paths.manifest_dir), paths.data_root, paths.objects_dir / split,
             num_classes=num_classes, task=task, input_size=params.model.backbone.input_size,
             max_objects=params.model.boa.max_objects,
+            body_features=None if body_cache is None else Path(body_cache) / f"{split}.npy",
         )
 
     return make("train"), make("val")
@@ -114,6 +115,10 @@ class EpochLoop:
 
     Ray Train workers drive it here (`train_loop_per_worker`); the Ray Tune sweep drives
     the same object, so there is one training implementation.
+
+    `config["body_cache"]` (optional): a folder of precomputed backbone maps
+    (stages/body_cache.py, `<split>.npy`). The loaders then yield those maps instead of
+    crops, the model skips its backbone and the backbone is frozen (not optimised).
     """
 
     def __init__(self, config: dict[str, Any], *, rank: int = 0, world: int = 1, device: Any = "cpu",
@@ -134,7 +139,8 @@ class EpochLoop:
         if config.get("torch_threads"):
             torch.set_num_threads(config["torch_threads"])
 
-        train_set, self.val_set = _datasets(params, paths, num_classes, self.task)
+        body_cache = config.get("body_cache")
+        train_set, self.val_set = _datasets(params, paths, num_classes, self.task, body_cache=body_cache)
         self.train_loader = _loader(train_set, params, shuffle=True, world=world, rank=rank)
         self.val_loader = _loader(self.val_set, params, shuffle=False, world=world, rank=rank)
         self.val_targets = self.val_set.targets()
@@ -144,6 +150,9 @@ class EpochLoop:
             cooccurrence=config.get("cooccurrence"), label_embeddings=config.get("label_embeddings"),
         )
         model.set_object_feature_stats(*config["object_feature_stats"])
+        if body_cache:
+            model.set_body_input("feature_map")
+            model.backbone.requires_grad_(False)  # before _optimizer: it only takes trainable tensors
         self.spec = model_spec(model)
         self.loss_fn = build_loss(params.train.loss if self.task == "multilabel" else "cross_entropy", self.task,
                                   np.asarray(config["label_freq"], dtype=np.float64))
@@ -379,7 +388,7 @@ def fit(params: Params, paths: TrainPaths, *, mlflow_run: dict[str, str] | None 
     config = worker_config(params, paths)
     config["mlflow"] = mlflow_run
     config["chaos"] = chaos
-    init_ray()
+    init_ray(include_dashboard=True)
     use_gpu = resolve_use_gpu(params.train.use_gpu)
     if not use_gpu:
         # Share the CPUs between the Ray workers instead of each spawning one thread per core.
