@@ -110,6 +110,20 @@ def primary_metric(task: str, targets: np.ndarray, scores: np.ndarray) -> float:
     return float(metrics.average_precision(targets, scores).mean or 0.0)
 
 
+class InMemoryDataset:
+    """Every item of a dataset decoded once and kept in memory (loader-overhead benchmark)."""
+
+    def __init__(self, dataset):
+        self.items = [dataset[i] for i in range(len(dataset))]
+        self.targets = dataset.targets
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        return self.items[index]
+
+
 class EpochLoop:
     """Data, model, optimiser and one train + validate epoch, whoever schedules it.
 
@@ -141,6 +155,8 @@ class EpochLoop:
 
         body_cache = config.get("body_cache")
         train_set, self.val_set = _datasets(params, paths, num_classes, self.task, body_cache=body_cache)
+        if config.get("preload"):  # benchmarks: the same steps on in-memory tensors, no decoding
+            train_set, self.val_set = InMemoryDataset(train_set), InMemoryDataset(self.val_set)
         self.train_loader = _loader(train_set, params, shuffle=True, world=world, rank=rank)
         self.val_loader = _loader(self.val_set, params, shuffle=False, world=world, rank=rank)
         self.val_targets = self.val_set.targets()

@@ -115,3 +115,25 @@ def test_missing_stage_outputs_give_a_clear_error(tiny_workspace, tmp_path):
     paths = train.TrainPaths(data_root=tmp_path, manifest_dir=tmp_path / "nope")
     with pytest.raises(UserError, match="run the ingest stage first"):
         train.worker_config(tiny_workspace.params, paths)
+
+
+def test_caers_single_label_trains_with_cross_entropy_and_evaluates_accuracy(tmp_path, ray_local):
+    import tiny_pipeline
+
+    from stages import evaluate
+
+    workspace = tiny_pipeline.build(tmp_path, fmt="caers")
+    paths = workspace.train_paths("caers")
+    summary = train.run(workspace.params, paths, track=False)
+    assert summary["task"] == "multiclass" and 0.0 <= summary["val_accuracy"] <= 1.0
+    package = torch.load(Path(paths.model_dir) / "model.pt", weights_only=False)
+    assert package["classes"] == ["Anger", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"]
+    assert "classifier.weight" in package["state_dict"] and not any(k.startswith("eld.") for k in package["state_dict"])
+    results = evaluate.run(evaluate.EvalPaths(
+        data_root=paths.data_root, manifest_dir=paths.manifest_dir, objects_dir=paths.objects_dir,
+        model_dir=paths.model_dir, thresholds_file=tmp_path / "t.json", metrics_file=tmp_path / "m.json",
+        plots_dir=tmp_path / "plots"), batch_size=4)
+    matrix = np.asarray(results["confusion_matrix"])
+    assert matrix.shape == (7, 7) and matrix.sum() == results["num_examples"]
+    assert results["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
+    assert (tmp_path / "plots" / "confusion.png").is_file()

@@ -29,12 +29,13 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 
-def tiny_params_dict(root: Path) -> dict[str, Any]:
+def tiny_params_dict(root: Path, fmt: str = "emotic") -> dict[str, Any]:
     data = copy.deepcopy(read_yaml(REPO / "params.yaml"))
     for section, values in TINY_OVERRIDES.items():
         data[section].update(copy.deepcopy(values))
-    data["data"].update({"root": str(root / "raw"), "annotations": "Annotations.mat"})
-    data["synth"]["out"] = str(root / "raw")
+    annotations = "Annotations.mat" if fmt == "emotic" else "face_boxes.txt"
+    data["data"].update({"kind": fmt, "root": str(root / "raw"), "annotations": annotations, "val_fraction": 0.2})
+    data["synth"].update({"out": str(root / "raw"), "format": fmt, "images": 16 if fmt == "emotic" else 28})
     return data
 
 
@@ -61,13 +62,13 @@ class TinyWorkspace:
         )
 
 
-def build(root: Path) -> TinyWorkspace:
+def build(root: Path, fmt: str = "emotic") -> TinyWorkspace:
     from stages import cooccurrence, embeddings, ingest, objects
     from stages.data.synth import generate
 
-    params_dict = tiny_params_dict(root)
+    params_dict = tiny_params_dict(root, fmt)
     params = params_from_dict(params_dict)
-    generate(root / "raw", images=params.synth.images, seed=params.synth.seed, fmt="emotic")
+    generate(root / "raw", images=params.synth.images, seed=params.synth.seed, fmt=fmt)
     data = root / "data"
     ingest.run(params.data, params.seed, out_dir=data)
     objects.run(params, out_dir=data / "objects", manifest_dir=data / "manifest",
