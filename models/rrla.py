@@ -17,6 +17,12 @@ Ablation switches (paper Table 4), each of which changes the module tree, not ju
 `bpa.enabled: false` (no SE block), `boa.enabled: false` (EqualObjectPooling: mean of the
 valid objects, no W1/W2/W_G), `boa.geometry: false` (no W_G; boxes are not read),
 `eld.enabled: false` (linear classifier), `backbone.name` (resnet50 | resnet18 | mobilenet_v2).
+
+Precomputed body maps (the sweep's frozen-backbone fast path): after
+`set_body_input("feature_map")` the `body` argument of `forward`/`fused_feature` is the
+backbone's output map [B,C,h,w] (computed once and cached) instead of the crop, and the
+backbone is skipped; BPA, GAP, the projection and everything after it run as usual. The mode
+is not part of the state_dict: a checkpoint trained this way loads into a model that reads crops.
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ from models.registry import register_model
 
 BODY_FEATURE_DIM = 2048
 FUSED_FEATURE_DIM = BODY_FEATURE_DIM + OBJECT_FEATURE_DIM
+BODY_INPUTS = ("image", "feature_map")
 
 
 class ModelOutput(NamedTuple):
@@ -56,6 +63,7 @@ class RelationalRegionLevelNet(nn.Module):
     ) -> None:
         super().__init__()
         self.config, self.num_classes, self.task = cfg, num_classes, task
+        self.body_input = "image"  # or "feature_map": see set_body_input
         if cfg.boa.max_objects is not None and cfg.boa.max_objects < 0:
             raise ConfigError(f"model.boa.max_objects must be >= 0 or null, got {cfg.boa.max_objects}")
 
@@ -123,9 +131,19 @@ class RelationalRegionLevelNet(nn.Module):
         self.object_feature_mean.copy_(mean)
         self.object_feature_std.copy_(std.clamp_min(1e-6))
 
+    def set_body_input(self, kind: str) -> None:
+        """What `body` is in forward: "image" (crops [B,3,S,S]) or "feature_map" (backbone
+        output [B,C,h,w], precomputed by a frozen backbone; the backbone is then not run)."""
+        if kind not in BODY_INPUTS:
+            raise ValueError(f"body input must be one of {BODY_INPUTS}, got {kind!r}")
+        self.body_input = kind
+
     def body_feature(self, body: torch.Tensor) -> torch.Tensor:
         """B_A: [B,3,S,S] -> [B,2048]."""
-        feature_map = self.backbone(body)
+        return self.body_feature_from_map(self.backbone(body))
+
+    def body_feature_from_map(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """B_A from the backbone's output map: [B,C,h,w] -> BPA -> GAP -> [B,2048]."""
         if self.bpa is not None:
             feature_map = self.bpa(feature_map)
         pooled = feature_map.mean(dim=(2, 3))
@@ -140,7 +158,10 @@ class RelationalRegionLevelNet(nn.Module):
         person_box: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """F = [B_A ; W3 O_B] ([B,4096]) and the BOA weights."""
-        _check_inputs(body, obj_feats, obj_boxes, obj_mask, person_box)
+        # getattr: models pickled before `body_input` existed read crops
+        from_map = getattr(self, "body_input", "image") == "feature_map"
+        _check_inputs(body, obj_feats, obj_boxes, obj_mask, person_box,
+                      body_channels=self.backbone.out_channels if from_map else 3)
         dtype = next(self.parameters()).dtype  # float16 object features are cast to the weights' dtype
         limit = self.config.boa.max_objects
         if limit is not None:
@@ -150,7 +171,8 @@ class RelationalRegionLevelNet(nn.Module):
         obj_feats = obj_feats * obj_mask.unsqueeze(-1)  # padding stays exactly zero
         obj_boxes, person_box = obj_boxes.to(dtype), person_box.to(dtype)
 
-        body_feature = self.body_feature(body.to(dtype))
+        body = body.to(dtype)
+        body_feature = self.body_feature_from_map(body) if from_map else self.body_feature(body)
         context, attention = self.boa(body_feature, obj_feats, obj_boxes, obj_mask, person_box)
         return torch.cat([body_feature, context], dim=1), attention
 
@@ -173,9 +195,11 @@ def _check_inputs(
     obj_boxes: torch.Tensor,
     obj_mask: torch.Tensor,
     person_box: torch.Tensor,
+    body_channels: int = 3,
 ) -> None:
-    if body.dim() != 4 or body.shape[1] != 3:
-        raise ValueError(f"body must be [B,3,S,S], got {tuple(body.shape)}")
+    if body.dim() != 4 or body.shape[1] != body_channels:
+        expected = "[B,3,S,S]" if body_channels == 3 else f"a backbone map [B,{body_channels},h,w]"
+        raise ValueError(f"body must be {expected}, got {tuple(body.shape)}")
     batch = body.shape[0]
     if obj_feats.dim() != 3 or obj_feats.shape[0] != batch or obj_feats.shape[2] != OBJECT_FEATURE_DIM:
         raise ValueError(f"obj_feats must be [B={batch},N,{OBJECT_FEATURE_DIM}], got {tuple(obj_feats.shape)}")

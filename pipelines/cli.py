@@ -231,8 +231,11 @@ def predict_images(
 ) -> None:
     """Emotions (with scores) of each person in the images, as JSON; optionally an annotated image."""
     import json
+    import os
 
     from pipelines import predict
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stdout/stderr stay readable
     from stages.errors import UserError
 
     try:

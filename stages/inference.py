@@ -42,7 +42,10 @@ def load_model_package(model_dir: Path, thresholds_file: Path | None = None) -> 
     model = model_from_checkpoint(state["spec"], state["state_dict"]).eval()
     thresholds = None
     if thresholds_file is not None and Path(thresholds_file).is_file():
-        thresholds = np.asarray(json.loads(Path(thresholds_file).read_text())["thresholds"], dtype=np.float32)
+        values = json.loads(Path(thresholds_file).read_text())["thresholds"]
+        if values is not None:  # single-label models predict the argmax and have none
+            # null = a class with no val positives: never predicted
+            thresholds = np.array([np.inf if v is None else v for v in values], dtype=np.float32)
     return ModelPackage(model=model, classes=list(state["classes"]), task=state["task"],
                         params=state["params"], thresholds=thresholds)
 

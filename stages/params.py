@@ -88,6 +88,26 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class TuneConfig:
+    """The Ray Tune sweep (pipelines/sweep.py). `space` maps dotted params paths to a
+    distribution, {choice: [...]} | {uniform: [lo, hi]} | {loguniform: [lo, hi]} |
+    {randint: [lo, hi)}, and never repeats a default."""
+
+    num_samples: int = 16
+    max_epochs: int = 8               # per trial; replaces train.epochs inside the sweep
+    grace_period: int = 2             # ASHA: epochs every trial gets before it can be stopped
+    reduction_factor: int = 2         # ASHA: keep the best 1/reduction_factor at each rung
+    searcher: str = "optuna"          # optuna (TPE) | random
+    frozen_backbone: bool = True      # fast path: backbone maps cached once, trials train the heads only
+    cache_dtype: str = "float16"      # float16 | float32: storage of the cached backbone maps
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0       # e.g. 0.5: two trials share a GPU
+    max_concurrent_trials: int | None = None  # null: as many as the cluster's CPUs/GPUs fit
+    max_failures: int = 0             # retries of a crashed trial from its last checkpoint
+    space: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -98,7 +118,7 @@ class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
-    tune: dict[str, Any] = field(default_factory=dict)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -4,6 +4,10 @@ One item per target person: the body crop (decoded and resized in DataLoader wor
 the stored top-N object features (memory-mapped, never loaded whole), their boxes and
 mask, the person box and the target. `body_tensor` is the single implementation of the
 crop preprocessing: training, evaluation and `ctxemo predict` all call it.
+
+With `body_features` (a [S,C,h,w] .npy written by stages/body_cache.py, row i = manifest
+row i) the item's "body" is that precomputed backbone map instead of the crop, and the
+image is never opened: the sweep's frozen-backbone fast path.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from stages.data.object_store import ObjectStore
+from stages.errors import UserError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -48,7 +53,8 @@ class PersonDataset(Dataset):
     """Items: dict(body, obj_feats, obj_boxes, obj_mask, person_box, target, index)."""
 
     def __init__(self, manifest: pd.DataFrame, data_root: str | Path, objects_dir: str | Path,
-                 *, num_classes: int, task: str, input_size: int, max_objects: int | None = None):
+                 *, num_classes: int, task: str, input_size: int, max_objects: int | None = None,
+                 body_features: str | Path | None = None):
         self.data_root = Path(data_root)
         self.store = ObjectStore(objects_dir)
         self.sample_ids = manifest["sample_id"].tolist()
@@ -60,6 +66,24 @@ class PersonDataset(Dataset):
         self.task = task
         self.input_size = input_size
         self.max_objects = max_objects
+        self.body_features = None if body_features is None else Path(body_features)
+        self._body_maps: np.ndarray | None = None
+        if self.body_features is not None:
+            rows = len(self._maps())
+            if rows != len(self.sample_ids):
+                raise UserError(f"{self.body_features}: {rows} cached body maps for {len(self.sample_ids)} "
+                                "manifest rows; the manifest changed since the cache was built: delete it")
+
+    def _maps(self) -> np.ndarray:
+        if self._body_maps is None:
+            self._body_maps = np.load(self.body_features, mmap_mode="r")
+        return self._body_maps
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers map the cache themselves instead of receiving a pickled copy
+        state = self.__dict__.copy()
+        state["_body_maps"] = None
+        return state
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -71,7 +95,11 @@ class PersonDataset(Dataset):
         return np.stack([multi_hot(labels, self.num_classes) for labels in self.labels])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        image = open_rgb(self.data_root / self.image_paths[index])
+        if self.body_features is not None:
+            body = torch.from_numpy(np.array(self._maps()[index], dtype=np.float32))
+        else:
+            body = body_tensor(open_rgb(self.data_root / self.image_paths[index]), self.person_boxes[index],
+                               self.input_size)
         feats, boxes, mask = self.store.get(int(self.object_rows[index]))
         if self.max_objects is not None:
             feats, boxes, mask = feats[: self.max_objects], boxes[: self.max_objects], mask[: self.max_objects]
@@ -81,7 +109,7 @@ class PersonDataset(Dataset):
         else:
             target = torch.from_numpy(multi_hot(labels, self.num_classes))
         return {
-            "body": body_tensor(image, self.person_boxes[index], self.input_size),
+            "body": body,
             "obj_feats": torch.from_numpy(np.array(feats, dtype=np.float16)),
             "obj_boxes": torch.from_numpy(np.array(boxes, dtype=np.float32)),
             "obj_mask": torch.from_numpy(np.array(mask, dtype=bool)),

@@ -1,0 +1,398 @@
+"""Prefect flows: scheduled retraining through DVC on Ray, and the ablations fanned out over Ray.
+
+    ctxemo retrain                              # one run now (Prefect's ephemeral API, or PREFECT_API_URL)
+    ctxemo retrain --pull --push                # with the DVC remote around it
+    ctxemo retrain --serve --cron "0 3 * * 1"   # this process serves deployment retrain/retrain-weekly
+    prefect deploy --prefect-file infra/prefect/prefect.yaml --all    # the same flow on a work pool
+    ctxemo ablate-flow --variant full --variant no_eld
+
+`retrain`:  [dvc pull] -> dvc repro train -> dvc repro evaluate -> register -> promote -> [dvc push]
+DVC decides what is stale (a week without new data reruns nothing and registers nothing new), so
+no task uses Prefect's input caching (`cache_policy=NO_CACHE`). Each step is its own task with
+retries (exponential backoff from `retry_backoff_seconds`) and a timeout; a step that still fails
+fails the flow run, with the step's output tail in the error and every output line in the Prefect
+logs. Registration (pipelines/registry.py) only accepts a model whose evaluation is fresh (the
+run id of artifacts/model must own reports/metrics.json), and `promote` only runs after it, so a
+failed or half-finished evaluation never moves the `champion` alias.
+
+Both flows run their tasks on Ray through prefect-ray's `RayTaskRunner`: `RAY_ADDRESS` joins a
+cluster (e.g. `ray://ctxemo-head-svc:10001`), otherwise a local Ray starts (no dashboard). Steps
+are submitted with `num_cpus=0`: they orchestrate, and the work inside them asks Ray for its own
+CPUs/GPUs (the stage subprocesses join the same cluster, training through Ray Train), so a
+2-CPU machine can run two ablation variants side by side without the orchestrating tasks
+starving the trainers. Stage subprocesses run `python -m dvc` with this interpreter, the
+workspace as cwd and the venv's bin first on PATH (dvc.yaml says `python -m stages.X`); they get
+the flow's MLflow/S3/DVC settings (never a secret: credentials come from each node's own
+environment, as stages/settings.py explains).
+
+`chaos` injects failures for drills and tests: {"step": "evaluate", "failures": 1} makes that
+step fail on its first attempt (then the retry runs it), a large `failures` makes it fail for good.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from pipelines.env import EMBEDDED_DEFAULTS, apply_embedded_defaults
+
+apply_embedded_defaults()
+
+# Settings the stage subprocesses must share with the flow run. Secrets are never forwarded.
+FORWARDED_PREFIXES = ("MLFLOW_", "CTXEMO_", "DVC_", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
+SENSITIVE_ENV_NAME = re.compile(r"SENSITIVE_ENV_NAME|PASSWORD|TOKEN|ACCESS_KEY|PRIVATE|CREDENTIAL", re.I)
+OUTPUT_TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class StepPolicy:
+    retries: int
+    timeout_seconds: float
+
+
+STEPS: dict[str, StepPolicy] = {
+    "dvc-pull": StepPolicy(retries=3, timeout_seconds=2 * 3600),
+    "reproduce": StepPolicy(retries=1, timeout_seconds=24 * 3600),
+    "evaluate": StepPolicy(retries=2, timeout_seconds=4 * 3600),
+    "register": StepPolicy(retries=3, timeout_seconds=15 * 60),
+    "promote": StepPolicy(retries=3, timeout_seconds=2 * 3600),   # may re-score the champion
+    "dvc-push": StepPolicy(retries=3, timeout_seconds=2 * 3600),
+    "ablation": StepPolicy(retries=1, timeout_seconds=24 * 3600),
+}
+
+
+class StepFailed(RuntimeError):
+    """A shelled-out step exited non-zero or ran out of time; the message holds its output tail."""
+
+
+def ray_task_runner():
+    """RayTaskRunner joining RAY_ADDRESS, else starting a local Ray like stages.ray_utils does."""
+    from prefect_ray import RayTaskRunner
+
+    from stages.ray_utils import default_object_store_bytes, quiet_ray_env
+
+    quiet_ray_env()
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        return RayTaskRunner(address=address)  # ray.init refuses resource arguments for an existing cluster
+    return RayTaskRunner(init_kwargs={"include_dashboard": False,
+                                      "object_store_memory": default_object_store_bytes()})
+
+
+def forwarded_environment(workspace: Path) -> dict[str, str]:
+    """The non-secret settings of this process the stage subprocesses need, resolved once, here.
+
+    The MLflow tracking URI is made explicit so every Ray worker (whatever environment it started
+    with) logs to and registers in the store this flow run reads.
+    """
+    from stages import tracking
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES) and not SENSITIVE_ENV_NAME.search(k)}
+    env["MLFLOW_TRACKING_URI"] = tracking.tracking_uri(workspace)
+    if "CTXEMO_MLFLOW_ARTIFACT_ROOT" not in env:
+        # Resolved here, where the embedded default (the workspace's mlartifacts/) is known: with an
+        # explicit tracking URI the subprocesses would otherwise leave artifacts to MLflow's default.
+        root = tracking.artifact_location(workspace)
+        if root is not None:
+            env["CTXEMO_MLFLOW_ARTIFACT_ROOT"] = root
+    for key, value in EMBEDDED_DEFAULTS.items():
+        env.setdefault(key, value)
+    return env
+
+
+def _inject_fault(chaos: dict[str, Any] | None) -> None:
+    from prefect.context import TaskRunContext
+
+    context = TaskRunContext.get()
+    if not chaos or context is None or chaos.get("step") != context.task.name:
+        return
+    attempt = context.task_run.run_count
+    if attempt <= int(chaos.get("failures", 1)):
+        raise StepFailed(f"injected failure in step {context.task.name!r} (attempt {attempt})")
+
+
+def _ray_task_id() -> str | None:
+    """The Ray task this code runs in (None outside Ray): where the task runner put the step."""
+    import ray
+
+    return ray.get_runtime_context().get_task_id() if ray.is_initialized() else None
+
+
+def _subprocess_env(forwarded: dict[str, str]) -> dict[str, str]:
+    env = {**os.environ, **forwarded}
+    # dvc.yaml runs `python -m stages.X`: that must be this interpreter.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if "RAY_ADDRESS" not in env:
+        import ray
+
+        if ray.is_initialized():  # inside a Ray task: the stages join this cluster instead of starting one
+            env["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    return env
+
+
+def run_command(command: list[str], cwd: Path, env: dict[str, str], timeout_seconds: float, logger) -> float:
+    """Run `command`, streaming its output to `logger`; StepFailed with the output tail on failure."""
+    started = time.perf_counter()
+    tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
+    shown = " ".join(command[2:] if command[:2] == [sys.executable, "-m"] else command)
+    logger.info(f"$ {shown}  (in {cwd})")
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, errors="replace", start_new_session=True)
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        _kill_group(process)
+
+    watchdog = threading.Timer(timeout_seconds, stop)
+    watchdog.start()
+    try:
+        for line in process.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            logger.info(line)
+        code = process.wait()
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:  # interrupted (Prefect's own timeout, cancellation): leave no orphan
+            _kill_group(process)
+    if timed_out.is_set():
+        raise StepFailed(f"`{shown}` ran past its {timeout_seconds:.0f} s timeout and was stopped; last output:\n"
+                         + "\n".join(tail))
+    if code != 0:
+        raise StepFailed(f"`{shown}` failed with exit code {code}; last output:\n" + "\n".join(tail))
+    return time.perf_counter() - started
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """Stop the command and its children (its own session), first politely."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@task(cache_policy=NO_CACHE)
+def dvc_step(args: list[str], workspace: str, forwarded: dict[str, str], chaos: dict[str, Any] | None = None,
+             timeout_seconds: float = 24 * 3600) -> dict[str, Any]:
+    """`python -m dvc ARGS` in the workspace."""
+    _inject_fault(chaos)
+    seconds = run_command([sys.executable, "-m", "dvc", *args], Path(workspace), _subprocess_env(forwarded),
+                          timeout_seconds, get_run_logger())
+    return {"command": f"dvc {' '.join(args)}", "seconds": round(seconds, 1), "ray_task_id": _ray_task_id()}
+
+
+@task(cache_policy=NO_CACHE)
+def register_step(workspace: str, tracking_uri: str, model_name: str,
+                  chaos: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Register the freshly evaluated model as a new version with the `challenger` alias."""
+    from pipelines import registry
+
+    _inject_fault(chaos)
+    client = registry.client_for(tracking_uri)
+    model = registry.evaluated_model(registry.WorkspaceLayout(root=Path(workspace)), client)
+    version = registry.register(client, model_name, model)
+    get_run_logger().info(f"registered {model_name} version {version.version} from run {model.run_id} "
+                          f"(test {model.metric} {model.value:.4f}, data {model.data_version}) as challenger")
+    return {"version": str(version.version), "run_id": model.run_id, "metric": model.metric, "value": model.value,
+            "data_version": model.data_version, "ray_task_id": _ray_task_id()}
+
+
+@task(cache_policy=NO_CACHE)
+def promote_step(workspace: str, tracking_uri: str, model_name: str, version: str, metric: str,
+                 min_improvement: float, apply: bool, chaos: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The gate: move `champion` to `version` when it beats the champion by `min_improvement`."""
+    from pipelines import registry
+
+    _inject_fault(chaos)
+    client = registry.client_for(tracking_uri)
+    challenger = registry.candidate_of(client, client.get_model_version(model_name, version))
+    decision = registry.decide(client, model_name, challenger, metric, min_improvement,
+                               registry.WorkspaceLayout(root=Path(workspace)))
+    if apply:
+        decision = registry.apply(client, decision)
+    explanation = decision.explain()
+    get_run_logger().info(explanation)
+    return {**decision.as_dict(), "explanation": explanation}
+
+
+@task(cache_policy=NO_CACHE)
+def ablation_step(base_params: dict[str, Any], variant: str, out_root: str, workspace: str,
+                  forwarded: dict[str, str], chaos: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train and evaluate one ablation variant (pipelines/ablation.py) inside the workspace."""
+    from pipelines import ablation
+
+    _inject_fault(chaos)
+    with _inside(Path(workspace), _subprocess_env(forwarded)):
+        row = ablation.run_variant(base_params, variant, Path(out_root))
+    get_run_logger().info(f"ablation {variant}: {row['test'].get('mAP', row['test'].get('accuracy'))} "
+                          f"in {row['seconds']} s")
+    return row
+
+
+@contextlib.contextmanager
+def _inside(workspace: Path, env: dict[str, str]) -> Iterator[None]:
+    """cwd and environment of a stage run, for code that resolves paths and settings from them.
+
+    Process-wide, which is safe here: a Ray worker runs one task at a time.
+    """
+    previous_cwd, previous_env = Path.cwd(), dict(os.environ)
+    os.chdir(workspace)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.chdir(previous_cwd)
+        os.environ.clear()
+        os.environ.update(previous_env)
+
+
+def _step(base, name: str, retry_backoff_seconds: float):
+    policy = STEPS[name]
+    return base.with_options(
+        name=name, retries=policy.retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=retry_backoff_seconds)(policy.retries),
+        retry_jitter_factor=0.2, timeout_seconds=policy.timeout_seconds,
+    )
+
+
+def _ray_options():
+    """Ray options of every step: no CPU of its own (see the module docstring), and the Prefect API.
+
+    The Ray workers report task runs and logs to the flow run's API (with the ephemeral API that
+    only works on this machine: use a Prefect server with a Ray cluster). Ray keeps a pool of
+    worker processes per runtime environment. A worker's Prefect event and log
+    senders are bound to the first API it reported to, so tasks of flow runs reporting to another
+    API (one driver running flows against two servers, as the tests do) must not reuse it: the
+    API URL in the runtime environment gives them workers of their own.
+    """
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL
+    from prefect_ray.context import remote_options
+
+    options: dict[str, Any] = {"num_cpus": 0}
+    url = PREFECT_API_URL.value()
+    context = FlowRunContext.get()
+    if not url and context is not None and context.client is not None:
+        # Prefect's ephemeral API (no server configured) lives in this process: without its URL
+        # every Ray worker would start an ephemeral server of its own.
+        url = str(context.client.api_url)
+    if url:
+        options["runtime_env"] = {"env_vars": {"PREFECT_API_URL": str(url)}}
+    return remote_options(**options)
+
+
+# --------------------------------------------------------------------------- flows
+
+
+@flow(name="retrain", task_runner=ray_task_runner(), log_prints=True)
+def retrain(workspace: str = ".", pull: bool = False, push: bool = False, promote: bool = True,
+            retry_backoff_seconds: float = 10.0, chaos: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Scheduled retraining: rerun what DVC finds stale, register the evaluated model, gate it, promote it.
+
+    workspace: the DVC workspace (absolute on a cluster: Ray nodes share it).
+    pull / push: `dvc pull` first / `dvc push` last (a DVC remote must be configured).
+    promote: False registers the challenger and explains the gate without moving `champion`.
+    """
+    from stages.params import load_params
+
+    logger = get_run_logger()
+    ws = Path(workspace).resolve()
+    params = load_params(ws / "params.yaml")
+    forwarded = forwarded_environment(ws)
+    tracking_uri = forwarded["MLFLOW_TRACKING_URI"]
+    name = params.registry.model_name
+    steps = {step: _step(base, step, retry_backoff_seconds) for step, base in (
+        ("dvc-pull", dvc_step), ("reproduce", dvc_step), ("evaluate", dvc_step), ("register", register_step),
+        ("promote", promote_step), ("dvc-push", dvc_step))}
+    summary: dict[str, Any] = {"workspace": str(ws), "model_name": name, "tracking_uri": tracking_uri, "steps": []}
+
+    def shell(step: str, args: list[str]) -> None:
+        result = steps[step].submit(args, str(ws), forwarded, chaos, STEPS[step].timeout_seconds).result()
+        summary["steps"].append({"step": step, **result})
+
+    logger.info(f"retraining in {ws}; MLflow {tracking_uri}; registered model {name}")
+    with _ray_options():
+        if pull:
+            shell("dvc-pull", ["pull"])
+        shell("reproduce", ["repro", "train"])
+        shell("evaluate", ["repro", "evaluate"])
+        registered = steps["register"].submit(str(ws), tracking_uri, name, chaos).result()
+        decision = steps["promote"].submit(str(ws), tracking_uri, name, registered["version"], registered["metric"],
+                                           params.registry.min_improvement, promote, chaos).result()
+        if push:
+            shell("dvc-push", ["push"])
+    champion = decision["challenger"]["version"] if decision["promote"] and decision["applied"] else (
+        decision["champion"]["version"] if decision["champion"] else None)
+    summary.update(version=registered["version"], run_id=registered["run_id"], champion=champion,
+                   registered=registered, decision=decision)
+    return summary
+
+
+@flow(name="ablations", task_runner=ray_task_runner(), log_prints=True)
+def ablations(workspace: str = ".", variants: list[str] | None = None, params_file: str = "params.yaml",
+              out_root: str = "artifacts/ablations", report_dir: str = "reports",
+              retry_backoff_seconds: float = 10.0, chaos: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The paper's ablations, one Ray task per variant, side by side; writes reports/ablations.{md,json}."""
+    import json
+
+    from pipelines import ablation
+    from stages.params import params_from_dict, params_to_dict, read_yaml
+
+    ws = Path(workspace).resolve()
+    variants = list(variants or ablation.VARIANTS)
+    unknown = [v for v in variants if v not in ablation.VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown ablation {unknown[0]!r}; choose from {', '.join(ablation.VARIANTS)}")
+    base = read_yaml(ws / params_file)
+    forwarded = forwarded_environment(ws)
+    step = _step(ablation_step, "ablation", retry_backoff_seconds)
+    out = ws / out_root
+    with _ray_options():
+        futures = [step.with_options(task_run_name=f"ablation-{v}").submit(base, v, str(out), str(ws), forwarded,
+                                                                            chaos) for v in variants]
+        rows = [future.result() for future in futures]
+    markdown, table = ablation.comparison(rows)
+    reports = ws / report_dir
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "ablations.md").write_text("# Ablations (paper Table 4) on the configured data\n\n" + markdown + "\n")
+    (reports / "ablations.json").write_text(json.dumps(
+        {"rows": table, "params": params_to_dict(params_from_dict(base))}, indent=2))
+    return {"markdown": markdown, "rows": table}
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def retrain_deployment(name: str = "retrain-weekly", cron: str = "0 3 * * 1",
+                       parameters: dict[str, Any] | None = None):
+    """The `retrain` deployment with a cron schedule (what `serve_retrain` serves)."""
+    return retrain.to_deployment(name=name, cron=cron, parameters=parameters or {}, tags=["ctxemo"],
+                                 description="Rerun what is stale with DVC on Ray, register and promote the model.")
+
+
+def serve_retrain(name: str = "retrain-weekly", cron: str = "0 3 * * 1",
+                  parameters: dict[str, Any] | None = None) -> None:
+    """Run the cron-scheduled `retrain` from this process until it is stopped (one machine, no work pool)."""
+    from prefect import serve
+
+    serve(retrain_deployment(name, cron, parameters))

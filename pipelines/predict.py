@@ -1,0 +1,465 @@
+"""`ctxemo predict`: emotions of the people in new photos, from the champion model (or any model).
+
+    ctxemo predict photo.jpg                                   # models:/<registry.model_name>@champion
+    ctxemo predict photo.jpg --box 40,20,160,230 --annotate out.png
+    ctxemo predict a.jpg b.jpg --model artifacts               # a local artifacts/ folder (or artifacts/model)
+    ctxemo predict a.jpg --model models:/ctxemo-rrla/3         # a version, an alias, or runs:/<run id>
+
+Every number is computed the way training computed it, by the same code:
+- people: the given boxes, else `stages.detect.find_people` (Faster R-CNN person class with local or
+  cached weights, else OpenCV HOG);
+- object boxes: with `objects.boxes: detector` the objects stage's own detector; with dataset boxes
+  (the demo) the data set's boxes file for images under `data.root`, else the COCO Faster R-CNN when
+  its weights are available, else none (the model then sees no objects, and the output says so);
+- object features: `stages.objects.ObjectFeatureWorker.process_image` (the objects stage's per-image
+  path) with the weights recorded in the objects stage's meta.json (logged with the registered model);
+- body crop: `stages.data.dataset.body_tensor` on the image decoded by `open_rgb`;
+- scores: `stages.inference.predict_loader`, the evaluation stage's scoring loop.
+Scores are the model's raw outputs, as in reports/metrics.json; a multi-label class is predicted
+when its score reaches the per-class threshold chosen on val by the evaluation stage.
+"""
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from stages.errors import UserError
+
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
+RUN_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-f]{32})/?$")
+TOP_OBJECTS = 3
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass
+class LoadedModel:
+    """A model package plus where it came from and the record of its object features."""
+
+    package: Any                          # stages.inference.ModelPackage
+    source: str
+    objects_meta: dict[str, Any] | None   # the objects stage's meta.json the model was trained on
+    run_id: str | None = None
+    version: str | None = None
+
+
+def default_model_uri(model_name: str) -> str:
+    return f"models:/{model_name}@champion"
+
+
+def parse_box(text: str) -> list[float]:
+    """'x1,y1,x2,y2' -> four floats with x2 > x1 and y2 > y1."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        box = [float(p) for p in parts]
+    except ValueError:
+        box = []
+    if len(box) != 4 or not all(np.isfinite(box)):
+        raise UserError(f"--box {text!r}: expected four numbers x1,y1,x2,y2")
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise UserError(f"--box {text!r}: x2 must exceed x1 and y2 must exceed y1")
+    return box
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _check_thresholds(package, source: str) -> None:
+    if package.thresholds is not None and package.thresholds.ndim == 0:
+        package.thresholds = None  # single-label models have none ("thresholds": null reads as a 0-d NaN)
+    if package.thresholds is not None and len(package.thresholds) != len(package.classes):
+        raise UserError(f"{source}: thresholds.json has {len(package.thresholds)} values for "
+                        f"{len(package.classes)} classes")
+
+
+def load_model(spec: str, workspace: Path = Path(".")) -> LoadedModel:
+    """A registry URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID) or a local folder."""
+    from stages.inference import load_model_package
+
+    workspace = Path(workspace)
+    if spec.startswith(("models:/", "runs:/")):
+        return _load_from_mlflow(spec, workspace)
+    path = Path(spec)
+    if (path / "model.pt").is_file():
+        model_dir, thresholds = path, next((p for p in (path / "thresholds.json", path.parent / "thresholds.json")
+                                            if p.is_file()), None)
+    elif (path / "model" / "model.pt").is_file():
+        model_dir, thresholds = path / "model", path / "thresholds.json"
+    else:
+        raise UserError(f"--model {spec!r}: neither a models:/ or runs:/ URI nor a folder holding model.pt "
+                        "(artifacts/ or artifacts/model/)")
+    package = load_model_package(model_dir, thresholds)
+    _check_thresholds(package, spec)
+    run = _read_json(model_dir / "mlflow_run.json")
+    return LoadedModel(package=package, source=str(path), run_id=run["run_id"] if run else None,
+                       objects_meta=_read_json(workspace / "data/objects/train/meta.json"))
+
+
+def _load_from_mlflow(spec: str, workspace: Path) -> LoadedModel:
+    from mlflow.exceptions import MlflowException
+
+    from pipelines import registry
+    from stages.inference import load_model_package
+
+    client = registry.client_for(None, workspace)
+    version = None
+    try:
+        if (match := MODEL_URI.match(spec)) is not None:
+            name = match["name"]
+            found = (client.get_model_version_by_alias(name, match["alias"]) if match["alias"]
+                     else client.get_model_version(name, match["version"]))
+            run_id, version = found.run_id, str(found.version)
+        elif (match := RUN_URI.match(spec)) is not None:
+            run_id = match["run_id"]
+        else:
+            raise UserError(f"--model {spec!r}: expected models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID")
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = Path(client.download_artifacts(run_id, "checkpoint", tmp))
+            thresholds = Path(client.download_artifacts(run_id, "evaluation/thresholds.json", tmp))
+            try:
+                meta_file = Path(client.download_artifacts(run_id, registry.OBJECTS_META_ARTIFACT, tmp))
+            except (MlflowException, OSError):
+                meta_file = None
+            package = load_model_package(checkpoint, thresholds)
+            objects_meta = _read_json(meta_file) if meta_file is not None else None
+    except MlflowException as exc:
+        raise UserError(f"--model {spec}: {exc.message} (MLflow store {client.tracking_uri})") from None
+    _check_thresholds(package, spec)
+    if objects_meta is None:  # registered before meta.json was logged with it: the workspace's record
+        objects_meta = _read_json(workspace / "data/objects/train/meta.json")
+    return LoadedModel(package=package, source=spec, objects_meta=objects_meta, run_id=run_id, version=version)
+
+
+# --------------------------------------------------------------------------- object context
+
+
+def extractor_weights(cfg, seed: int, record: dict[str, Any] | None):
+    """(WeightsChoice, state_dict) the objects stage used, from its meta.json record when there is one."""
+    from torchvision.models import get_weight
+
+    from stages import objects
+    from stages.objects import WeightsChoice
+
+    if record is None:
+        return objects.resolve_weights(cfg, seed)  # the stage's own resolution order
+    source = record.get("source")
+    if source == "random":
+        return WeightsChoice(**record), None
+    if source == "file":
+        choice, state_dict = objects.resolve_weights(replace(cfg, weights=record["name"]), seed)
+    elif source == "torchvision":
+        cached = objects.cached_checkpoint(get_weight(record["name"]))
+        if not cached.is_file():
+            raise UserError(f"the model's object features came from {record['name']}; its file {cached} is not "
+                            "on this machine (copy it there; nothing is downloaded)")
+        choice, state_dict = objects.resolve_weights(replace(cfg, weights=None), seed)
+    else:
+        raise UserError(f"objects meta.json names unknown weights source {source!r}")
+    if record.get("sha256") and choice.sha256 != record["sha256"]:
+        raise UserError(f"object-feature weights {choice.name} differ from the ones the model was trained with "
+                        f"(sha256 {choice.sha256} != {record['sha256']})")
+    return choice, state_dict
+
+
+@dataclass
+class ImageObjects:
+    people: list[Any]                     # stages.objects.PersonObjects, one per person box
+    class_names: list[str]                # names of the class ids in people[i].classes
+    source: str                           # where the object boxes came from
+
+
+class ObjectContext:
+    """Object boxes and 2048-d features of target persons, through the objects stage's worker."""
+
+    def __init__(self, cfg, seed: int, weights_record: dict[str, Any] | None, data_root: Path | None):
+        from stages.objects import ObjectFeatureWorker
+
+        self.cfg = cfg
+        self.data_root = None if data_root is None else Path(data_root).resolve()
+        choice, state_dict = extractor_weights(cfg, seed, weights_record)
+        # data_root "/": images are passed by absolute path.
+        self.worker = ObjectFeatureWorker(cfg, choice, state_dict, data_root="/", seed=seed, device="cpu")
+        self.weights = choice
+
+    def relative_to_root(self, image: Path) -> str | None:
+        if self.data_root is None:
+            return None
+        try:
+            return Path(image).resolve().relative_to(self.data_root).as_posix()
+        except ValueError:
+            return None
+
+    def dataset_boxes(self, images: dict[str, tuple[int, int]]):
+        """The boxes file rows of `images` ({path relative to data.root: (w, h)}), as the stage reads them."""
+        from stages.objects import load_dataset_boxes
+
+        boxes_file = self.data_root / self.cfg.boxes_file
+        if not boxes_file.is_file():
+            return None
+        return load_dataset_boxes(boxes_file, images)
+
+    def for_image(self, image: Path, size: tuple[int, int], person_boxes: Sequence[Sequence[float]],
+                  dataset_boxes=None) -> ImageObjects:
+        from stages.objects import coco_categories
+
+        persons = [[f"person{i}", *map(float, box)] for i, box in enumerate(person_boxes)]
+        image = Path(image).resolve()
+        if self.cfg.boxes == "detector":
+            people = self.worker.process_image(str(image), persons, [])
+            return ImageObjects(people, coco_categories(), f"detector {self.cfg.detector}")
+        relative = self.relative_to_root(image)
+        if relative is not None:
+            boxes = dataset_boxes if dataset_boxes is not None else self.dataset_boxes({relative: size})
+            if boxes is not None and relative in boxes.by_image:
+                people = self.worker.process_image(str(image), persons, boxes.by_image[relative].tolist())
+                return ImageObjects(people, boxes.classes, f"data set boxes ({boxes.path.name})")
+        detected = coco_objects(image)
+        if detected is not None:
+            rows, description = detected
+            people = self.worker.process_image(str(image), persons, rows)
+            return ImageObjects(people, coco_categories(), f"detector {description}")
+        people = self.worker.process_image(str(image), persons, [])
+        return ImageObjects(people, [], "none: the image is not in the data set's boxes file and no object "
+                                        "detector weights are available")
+
+
+def coco_objects(image: Path, detector: str = "fasterrcnn_resnet50_fpn"):
+    """([x1,y1,x2,y2,class_id,score] rows, description) from the COCO detector, or None without weights."""
+    import torch
+
+    from stages.data.images import load_rgb
+    from stages.detect import _load_person_detector
+
+    loaded = _load_person_detector(detector, None)
+    if loaded is None:
+        return None
+    model, _person_class, description = loaded
+    rgb = load_rgb(image)
+    with torch.inference_mode():
+        out = model([torch.from_numpy(rgb).permute(2, 0, 1).float().div(255.0)])[0]
+    rows = [[*box, float(label), float(score)] for box, label, score in
+            zip(out["boxes"].tolist(), out["labels"].tolist(), out["scores"].tolist())]
+    return rows, description
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+@dataclass
+class PersonPrediction:
+    box: list[float]
+    box_source: str
+    detection_score: float | None
+    scores: np.ndarray                    # [C] raw model outputs (what evaluation scores)
+    predicted: list[str] | None           # None: no thresholds known for a multi-label model
+    top_objects: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self, classes: list[str], thresholds: np.ndarray | None, task: str) -> dict[str, Any]:
+        order = np.argsort(-self.scores, kind="stable")
+        emotions = []
+        for i in order:
+            entry = {"label": classes[i], "score": float(self.scores[i])}
+            if task == "multilabel" and thresholds is not None:
+                # NaN: val had no positive of the class, so no threshold exists and it is never predicted
+                entry["threshold"] = float(thresholds[i]) if np.isfinite(thresholds[i]) else None
+            emotions.append(entry)
+        if task == "multiclass":
+            probabilities = np.exp(self.scores - self.scores.max())
+            probabilities /= probabilities.sum()
+            for entry, i in zip(emotions, order):
+                entry["probability"] = float(probabilities[i])
+        return {"box": [round(float(v), 2) for v in self.box], "box_source": self.box_source,
+                "detection_score": self.detection_score, "predicted": self.predicted, "emotions": emotions,
+                "top_objects": self.top_objects}
+
+
+@dataclass
+class ImagePrediction:
+    image: str
+    people: list[PersonPrediction]
+    people_source: str
+    objects_source: str
+
+    def as_dict(self, loaded: LoadedModel) -> dict[str, Any]:
+        package = loaded.package
+        return {"image": self.image, "model": loaded.source, "model_version": loaded.version,
+                "task": package.task, "people_source": self.people_source, "objects_source": self.objects_source,
+                "people": [p.as_dict(package.classes, package.thresholds, package.task) for p in self.people]}
+
+
+class Predictor:
+    """One loaded model and its object extractor; `predict(image)` for any number of images."""
+
+    def __init__(self, loaded: LoadedModel, workspace: Path = Path("."), people_score_threshold: float = 0.5):
+        from models.config import from_dict
+        from stages.params import ObjectsConfig
+
+        self.loaded = loaded
+        package = loaded.package
+        params = package.params
+        cfg = from_dict(ObjectsConfig, params["objects"])
+        meta = loaded.objects_meta
+        if meta is not None and (int(meta["top_n"]) != cfg.top_n
+                                 or int(meta["extractor"]["image_size"]) != cfg.image_size):
+            raise UserError(f"the objects meta.json found for this model (top_n {meta['top_n']}, image_size "
+                            f"{meta['extractor']['image_size']}) does not match the model's params (top_n "
+                            f"{cfg.top_n}, image_size {cfg.image_size}): run predict in the model's workspace")
+        data_root = Path(params["data"]["root"])
+        data_root = data_root if data_root.is_absolute() else Path(workspace) / data_root
+        self.objects = ObjectContext(cfg, int(params["seed"]), None if meta is None else meta["weights"],
+                                     data_root if data_root.is_dir() else None)
+        self.people_weights = cfg.weights if cfg.boxes == "detector" else None
+        self.people_score_threshold = people_score_threshold
+
+    def find_people(self, rgb: np.ndarray) -> tuple[list[list[float]], list[float | None], str]:
+        from stages.detect import find_people
+
+        found = find_people(rgb, weights=self.people_weights, score_threshold=self.people_score_threshold)
+        return [p[0] for p in found.people], [p[1] for p in found.people], found.detector
+
+    def predict(self, image: str | Path, boxes: Sequence[Sequence[float]] | None = None,
+                dataset_boxes=None) -> ImagePrediction:
+        import torch
+
+        from stages.data.dataset import body_tensor, open_rgb
+        from stages.data.images import load_rgb
+        from stages.inference import predict_loader
+
+        image = Path(image)
+        rgb = load_rgb(image)  # also turns a missing or broken file into a clear error
+        height, width = rgb.shape[:2]
+        if boxes is None:
+            boxes, detection_scores, people_source = self.find_people(rgb)
+        else:
+            detection_scores, people_source = [None] * len(boxes), "given"
+        if len(boxes) == 0:
+            return ImagePrediction(str(image), [], people_source, "not needed: nobody found")
+        # float32 like the manifest's person_box, so crops and geometry round exactly as in training
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).tolist()
+        context = self.objects.for_image(image, (width, height), boxes, dataset_boxes)
+        package = self.loaded.package
+        pil = open_rgb(image)
+        limit = package.max_objects
+        top_n = self.objects.cfg.top_n
+        # The item PersonDataset.__getitem__ builds, from the same pieces (stored float16 features,
+        # float32 boxes, the first `count` objects valid, max_objects applied last).
+        mask = np.stack([np.arange(top_n) < p.count for p in context.people])
+        feats = np.stack([p.features for p in context.people]).astype(np.float16)
+        obj_boxes = np.stack([p.boxes for p in context.people]).astype(np.float32)
+        if limit is not None:
+            feats, obj_boxes, mask = feats[:, :limit], obj_boxes[:, :limit], mask[:, :limit]
+        batch = {
+            "body": torch.stack([body_tensor(pil, box, package.input_size) for box in boxes]),
+            "obj_feats": torch.from_numpy(feats),
+            "obj_boxes": torch.from_numpy(obj_boxes),
+            "obj_mask": torch.from_numpy(mask),
+            "person_box": torch.tensor(np.asarray(boxes, dtype=np.float32)),
+            "index": torch.arange(len(boxes)),
+        }
+        _, scores, attention = predict_loader(package.model, [batch], with_attention=True)
+        people = []
+        for i, box in enumerate(boxes):
+            people.append(PersonPrediction(
+                box=list(box), box_source=people_source, detection_score=detection_scores[i], scores=scores[i],
+                predicted=self._predicted(scores[i]),
+                top_objects=_top_objects(context, i, None if attention is None else attention[i], obj_boxes.shape[1]),
+            ))
+        return ImagePrediction(str(image), people, people_source, context.source)
+
+    def _predicted(self, scores: np.ndarray) -> list[str] | None:
+        package = self.loaded.package
+        if package.task == "multiclass":
+            return [package.classes[int(np.argmax(scores))]]
+        if package.thresholds is None:
+            return None
+        return [c for c, s, t in zip(package.classes, scores, package.thresholds) if s >= t]
+
+
+def _top_objects(context: ImageObjects, person: int, attention: np.ndarray | None, used: int) -> list[dict]:
+    """The most attended objects: BOA weights averaged over heads (paper Fig. 10)."""
+    if attention is None:
+        return []
+    found = context.people[person]
+    count = min(found.count, used)
+    weights = np.asarray(attention, dtype=np.float64).reshape(-1, attention.shape[-1]).mean(axis=0)[:count]
+    order = np.argsort(-weights, kind="stable")[:TOP_OBJECTS]
+    out = []
+    for k in order:
+        class_id = int(found.classes[k])
+        label = context.class_names[class_id] if 0 <= class_id < len(context.class_names) else "object"
+        out.append({"label": label, "weight": round(float(weights[k]), 4),
+                    "box": [round(float(v), 2) for v in found.boxes[k]], "detector_score": float(found.scores[k])})
+    return out
+
+
+# --------------------------------------------------------------------------- annotation
+
+
+PERSON_COLOUR = (230, 30, 30)
+OBJECT_COLOUR = (255, 210, 0)
+
+
+def annotate(image: str | Path, prediction: ImagePrediction, out: Path, classes: Sequence[str]) -> Path:
+    """The photo with each person's box and emotions and their top attended objects with BOA weights."""
+    from PIL import ImageDraw
+
+    from stages.data.dataset import open_rgb
+
+    canvas = open_rgb(Path(image))
+    draw = ImageDraw.Draw(canvas)
+    line = max(2, round(min(canvas.size) / 160))
+
+    def label(x: float, y: float, text: str, colour: tuple[int, int, int]) -> None:
+        left, top, right, bottom = draw.textbbox((0, 0), text)
+        x = min(max(0.0, x), max(0.0, canvas.width - (right - left) - 2))  # keep it inside the image
+        y = min(max(0.0, y), max(0.0, canvas.height - (bottom - top) - 2))
+        draw.rectangle((x - 1, y - 1, x + right - left + 1, y + bottom + 1), fill=(0, 0, 0))
+        draw.text((x, y), text, fill=colour)
+
+    for person in prediction.people:  # boxes first, so no box hides a label
+        for obj in person.top_objects:
+            draw.rectangle(obj["box"], outline=OBJECT_COLOUR, width=max(1, line - 1))
+        draw.rectangle(person.box, outline=PERSON_COLOUR, width=line)
+    for number, person in enumerate(prediction.people, start=1):
+        for obj in person.top_objects:
+            label(obj["box"][0] + 2, obj["box"][3] - 12, f"{number}:{obj['label']} {obj['weight']:.2f}", OBJECT_COLOUR)
+        order = [classes[i] for i in np.argsort(-person.scores, kind="stable")]
+        shown = [c for c in order if c in person.predicted][:3] if person.predicted else order[:3]
+        label(person.box[0] + line + 1, person.box[1] + line + 1, f"{number}: " + ", ".join(shown or ["(none)"]),
+              (255, 255, 255))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def run(images: Sequence[str | Path], model: str, *, boxes: Sequence[Sequence[float]] | None = None,
+        annotate_to: Path | None = None, workspace: Path = Path(".")) -> list[dict[str, Any]]:
+    """Predict every image; returns the JSON-ready results (and writes annotated copies if asked)."""
+    if not images:
+        raise UserError("no image given")
+    loaded = load_model(model, workspace)
+    predictor = Predictor(loaded, workspace)
+    results = []
+    for image in images:
+        prediction = predictor.predict(image, boxes)
+        result = prediction.as_dict(loaded)
+        if annotate_to is not None:
+            target = Path(annotate_to)
+            if len(images) > 1 or target.is_dir():
+                target = target / f"{Path(image).stem}.annotated.png"
+            result["annotated"] = str(annotate(image, prediction, target, loaded.package.classes))
+        results.append(result)
+    return results

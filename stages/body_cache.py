@@ -1,0 +1,206 @@
+"""Backbone feature maps of every body crop, computed once for frozen-backbone sweeps.
+
+    python -m stages.body_cache        # params.yaml; writes data/cache/body/<fingerprint>/
+
+With the backbone frozen, the map it produces for a crop never changes between epochs or
+trials, so the sweep computes it once here and its trials train only what comes after it
+(BPA, GAP, projection, BOA, ELD / classifier). The map is the backbone output BEFORE BPA,
+because BPA is trained.
+
+Layout: `data/cache/body/<fingerprint>/<split>.npy` ([S,C,h,w], row i = manifest row i,
+memory-mapped by the loaders) with `<split>.json` beside it, and `fingerprint.json` with what
+the fingerprint covers: the backbone config (name, input size, weights), where the weights
+come from (a local file's sha256, the ImageNet enum, or random initialisation with its seed
+and torch version: the seeded init is exactly the backbone `build_model` creates), the
+sha256 of every split manifest, the data root, the preprocessing and the storage dtype.
+Change any of them and a new folder is built; nothing is ever reused stale.
+
+The backbone runs in eval mode (BatchNorm with its running statistics), which is what
+"frozen" means: a normal, unfrozen training run uses batch statistics instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from stages.errors import UserError
+from stages.params import Params, load_params
+
+CACHE_ROOT = Path("data/cache/body")
+FORMAT_VERSION = 1
+# Bump when stages/data/dataset.py:body_tensor changes what a crop looks like.
+PREPROCESSING = "body_tensor: crop, bilinear resize to input_size, ImageNet mean/std; backbone in eval mode"
+DTYPES = ("float16", "float32")
+MANIFEST_SPLITS = ("train", "val", "test")
+
+
+def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_source(params: Params) -> str:
+    """Where the backbone's weights come from, precisely enough to tell two caches apart."""
+    import torch
+    import torchvision
+
+    backbone = params.model.backbone
+    if backbone.weights:
+        path = Path(backbone.weights)
+        if not path.is_file():
+            raise UserError(f"model.backbone.weights: file not found: {path.resolve()}")
+        return f"file sha256={_sha256(path)}"
+    if backbone.pretrained:
+        return f"torchvision ImageNet enum for {backbone.name} (torchvision {torchvision.__version__})"
+    # Random init is reproducible only for the same seed and the same torch RNG.
+    return f"random init seed={params.seed} torch={torch.__version__.split('+')[0]}"
+
+
+def fingerprint_inputs(params: Params, manifest_dir: Path, data_root: Path, dtype: str) -> dict[str, Any]:
+    from models.config import to_dict
+
+    manifests = {split: _sha256(manifest_dir / f"{split}.parquet")
+                 for split in MANIFEST_SPLITS if (manifest_dir / f"{split}.parquet").is_file()}
+    if not manifests:
+        raise UserError(f"no manifest in {manifest_dir}: run the ingest stage first")
+    return {
+        "format": FORMAT_VERSION,
+        "backbone": to_dict(params.model.backbone),
+        "weights": weights_source(params),
+        "manifests": manifests,
+        "data_root": str(Path(data_root).resolve()),
+        "preprocessing": PREPROCESSING,
+        "dtype": dtype,
+    }
+
+
+def fingerprint(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def frozen_backbone(params: Params):
+    """The backbone exactly as `build_model` creates it (same seed, same RNG draws), in eval mode.
+
+    RelationalRegionLevelNet builds its backbone first, right after the trainer seeds torch,
+    so seeding here and building the backbone alone gives identical weights.
+    """
+    import torch
+
+    from models.backbones import build_backbone
+
+    torch.manual_seed(params.seed)
+    backbone = build_backbone(params.model.backbone)
+    backbone.requires_grad_(False)
+    return backbone.eval()
+
+
+def _split_complete(folder: Path, split: str, rows: int) -> bool:
+    meta_path = folder / f"{split}.json"
+    if not ((folder / f"{split}.npy").is_file() and meta_path.is_file()):
+        return False
+    return json.loads(meta_path.read_text()).get("rows") == rows
+
+
+def _extract_split(backbone, dataset, out_file: Path, dtype: str, batch_size: int, workers: int, device) -> tuple:
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    partial = out_file.with_name(out_file.name + ".partial.npy")
+    array, row = None, 0
+    with torch.no_grad():
+        for batch in loader:
+            maps = backbone(batch["body"].to(device)).float().cpu().numpy()
+            if array is None:
+                array = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype,
+                                                  shape=(len(dataset), *maps.shape[1:]))
+            stored = maps.astype(dtype)
+            if not np.isfinite(stored).all():
+                raise UserError(f"backbone maps overflow {dtype} in {out_file.parent}: "
+                                "set tune.cache_dtype: float32")
+            array[row:row + len(maps)] = stored
+            row += len(maps)
+    if array is None:
+        raise UserError(f"{out_file.stem} split is empty: nothing to cache")
+    shape = tuple(array.shape)
+    array.flush()
+    del array
+    os.replace(partial, out_file)  # a crash mid-split never leaves a file that looks complete
+    return shape
+
+
+def run(params: Params, paths, *, cache_root: Path = CACHE_ROOT, splits: tuple[str, ...] = ("train", "val"),
+        dtype: str | None = None, device: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Build (or reuse) the cached backbone maps of `splits`; returns the folder and what was done.
+
+    `paths` is a stages.train.TrainPaths (manifest, objects and data root locations).
+    """
+    import torch
+
+    from stages.data.dataset import PersonDataset
+    from stages.data.labels import task_of
+    from stages.data.manifest import read_labels, read_manifest
+
+    dtype = dtype or params.tune.cache_dtype
+    if dtype not in DTYPES:
+        raise UserError(f"tune.cache_dtype must be one of {DTYPES}, not {dtype!r}")
+    started = time.perf_counter()
+    inputs = fingerprint_inputs(params, Path(paths.manifest_dir), Path(paths.data_root), dtype)
+    folder = Path(cache_root) / fingerprint(inputs)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "fingerprint.json").write_text(json.dumps(inputs, indent=2))
+
+    num_classes = len(read_labels(paths.labels_json))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    backbone, built, reused, shapes = None, [], [], {}
+    for split in splits:
+        manifest = read_manifest(split, paths.manifest_dir)
+        if _split_complete(folder, split, len(manifest)):
+            reused.append(split)
+            continue
+        if backbone is None:
+            backbone = frozen_backbone(params).to(device)
+        dataset = PersonDataset(manifest, paths.data_root, Path(paths.objects_dir) / split, num_classes=num_classes,
+                                task=task_of(params.data.kind), input_size=params.model.backbone.input_size)
+        split_started = time.perf_counter()
+        shape = _extract_split(backbone, dataset, folder / f"{split}.npy", dtype, params.train.batch_size,
+                               params.train.loader_workers, device)
+        (folder / f"{split}.json").write_text(json.dumps({
+            "rows": len(manifest), "shape": list(shape), "dtype": dtype,
+            "sample_ids_sha256": hashlib.sha256("\n".join(manifest["sample_id"]).encode()).hexdigest(),
+        }, indent=2))
+        shapes[split] = list(shape)
+        built.append(split)
+        log(f"[body_cache] {split}: {shape[0]} maps {list(shape[1:])} {dtype} "
+            f"in {time.perf_counter() - split_started:.1f} s -> {folder / (split + '.npy')}")
+    return {"dir": str(folder), "fingerprint": folder.name, "built": built, "reused": reused, "shapes": shapes,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.env import apply_embedded_defaults
+    from stages.train import TrainPaths
+
+    apply_embedded_defaults()
+    try:
+        params = load_params()
+        summary = run(params, TrainPaths(data_root=Path(params.data.root)))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,377 @@
+"""Prefect flows on Ray: `retrain` through DVC end to end, retries, a failed evaluation, a real server, ablations.
+
+The workspace is the tiny generated one made into a DVC project (dvc.yaml and the stage code
+copied in, the data stages' outputs committed with `dvc commit`), so `retrain` runs the real
+production path: `python -m dvc repro train` / `evaluate` as subprocesses that join the test's Ray
+cluster, then registration and the gate on the workspace's MLflow store. The runs build on each
+other (fixtures chain them): the first model becomes champion (Prefect's test harness), then a
+second model whose evaluation stage is broken runs against a real `prefect server` on loopback
+and leaves the first one champion. The gate's decisions themselves are tested in test_registry.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipelines import flows, registry
+from stages.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_NAME = "ctxemo-flow-test"
+# Appended before the stage's `if __name__ == "__main__":`, so `main()` calls this `run`.
+BROKEN_EVALUATION = ('def run(*args, **kwargs):\n'
+                     '    raise RuntimeError("evaluation broke: test split unreadable")\n\n\n')
+
+
+# --------------------------------------------------------------------------- environment
+
+
+@pytest.fixture(scope="module", autouse=True)
+def flow_environment(tmp_path_factory):
+    """Prefect, DVC and MLflow state of this module in temp dirs; the workspace's own MLflow store."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PREFECT_HOME", str(home))
+        patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        patch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path_factory.mktemp("dvc-site")))
+        for key in ("MLFLOW_TRACKING_URI", "CTXEMO_MLFLOW_ARTIFACT_ROOT", "RAY_ADDRESS", "PREFECT_API_URL",
+                    "CTXEMO_S3_BUCKET"):
+            patch.delenv(key, raising=False)
+        from prefect.settings import PREFECT_HOME, temporary_settings
+
+        with temporary_settings(updates={PREFECT_HOME: str(home)}):
+            yield
+
+
+def dvc(workspace: Path, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=workspace, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr + done.stdout
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_workspace, tmp_path_factory) -> Path:
+    """The tiny workspace as a DVC project whose data stages are up to date (dvc commit)."""
+    ws = tmp_path_factory.mktemp("dvc-ws")
+    shutil.copytree(tiny_workspace.root / "raw", ws / "raw")
+    shutil.copytree(tiny_workspace.root / "data", ws / "data")
+    for code in ("stages", "models"):
+        shutil.copytree(REPO / code, ws / code, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", ws / "dvc.yaml")
+    (ws / "reports").mkdir()
+    shutil.copy(ws / "data/manifest/summary.json", ws / "reports/ingest.json")
+    params = json.loads(json.dumps(tiny_workspace.params_dict))
+    params["data"]["root"] = params["synth"]["out"] = "raw"
+    params["train"]["epochs"] = 1
+    params["registry"] = {"model_name": MODEL_NAME, "min_improvement": 0.005}
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc(ws, "init", "--no-scm", "-q")
+    dvc(ws, "commit", "-f", "ingest", "objects", "cooccurrence", "embeddings")
+    return ws
+
+
+# --------------------------------------------------------------------------- running and reading flow runs
+
+
+@dataclass
+class FlowRunRecord:
+    state: Any
+    result: dict[str, Any] | None
+    task_runs: list[Any]
+    logs: str
+    stored_state: Any = None        # the flow run's state as read back from the server
+    flow_name: str | None = None
+
+    def task_run(self, name: str):
+        """The task run of step `name` (run names are `<name>-<suffix>` unless set explicitly)."""
+        found = [t for t in self.task_runs if t.name == name or t.name.rsplit("-", 1)[0] == name]
+        assert len(found) == 1, [t.name for t in self.task_runs]
+        return found[0]
+
+    def ran(self, name: str) -> bool:
+        return any(t.name.rsplit("-", 1)[0] == name for t in self.task_runs)
+
+
+def run_flow(flow_fn, wait_for_log: str | None = None, **parameters) -> FlowRunRecord:
+    """Run a flow and read its state, task runs and logs back through the API it ran against."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+
+    state = flow_fn(**parameters, return_state=True)
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        deadline = time.monotonic() + 20
+        while True:  # task logs come from the Ray workers' own log senders, a moment later
+            logs = "\n".join(log.message for log in client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200))
+            if wait_for_log is None or wait_for_log in logs or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    return FlowRunRecord(state=state, result=state.result() if state.is_completed() else None,
+                         task_runs=list(task_runs), logs=logs)
+
+
+def champion_version(client) -> str | None:
+    version = registry.version_by_alias(client, MODEL_NAME, registry.CHAMPION)
+    return None if version is None else str(version.version)
+
+
+def run_id_of(ws: Path) -> str:
+    return json.loads((ws / "artifacts/model/mlflow_run.json").read_text())["run_id"]
+
+
+@pytest.fixture(scope="module")
+def first_run(workspace, ray_local):
+    """retrain on a fresh workspace; evaluation fails once (injected) and succeeds on its retry."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        record = run_flow(flows.retrain, wait_for_log="injected failure", workspace=str(workspace),
+                          retry_backoff_seconds=0.2, chaos={"step": "evaluate", "failures": 1})
+    return record, run_id_of(workspace)
+
+
+# --------------------------------------------------------------------------- retrain
+
+
+def test_retrain_runs_dvc_stages_on_ray_and_makes_the_first_model_champion(workspace, first_run):
+    record, run_id = first_run
+    assert record.state.is_completed(), record.state.message
+    result = record.result
+    assert [s["step"] for s in result["steps"]] == ["reproduce", "evaluate"]
+    assert [s["command"] for s in result["steps"]] == ["dvc repro train", "dvc repro evaluate"]
+    # every step ran as a Ray task (RayTaskRunner), the stages went through DVC
+    assert all(s["ray_task_id"] for s in result["steps"]) and result["registered"]["ray_task_id"]
+    assert "Data and pipelines are up to date" in dvc(workspace, "status", "train", "evaluate")
+
+    lock = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
+    assert {"train", "evaluate"} <= set(lock)
+    assert result["run_id"] == run_id and result["version"] == "1" and result["champion"] == "1"
+    decision = result["decision"]
+    assert decision["promote"] and decision["applied"] and decision["champion"] is None
+
+    client = registry.client_for(None, workspace)
+    assert champion_version(client) == "1"
+    version = client.get_model_version(MODEL_NAME, "1")
+    metrics = json.loads((workspace / "reports/metrics.json").read_text())
+    assert version.run_id == run_id and float(version.tags["metric.mAP"]) == metrics["mAP"]
+    assert decision["challenger"]["value"] == metrics["mAP"]
+    manifest_md5 = next(o["md5"] for o in lock["ingest"]["outs"] if o["path"] == "data/manifest")
+    assert version.tags["data_md5.data/manifest"] == manifest_md5
+    assert version.tags["data_version"] == registry.data_version_of(registry.data_hashes(workspace / "dvc.lock"))
+
+
+def test_a_step_that_fails_once_succeeds_on_its_retry(first_run):
+    from prefect.client.schemas.objects import StateType
+
+    record, _ = first_run
+    evaluate = record.task_run("evaluate")
+    assert evaluate.run_count == 2 and evaluate.state.type == StateType.COMPLETED
+    assert record.task_run("reproduce").run_count == 1
+    assert "injected failure in step 'evaluate' (attempt 1)" in record.logs
+
+
+# --------------------------------------------------------------------------- a real Prefect server
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
+    env.pop("PREFECT_API_URL", None)
+    log = (home / "server.log").open("w")
+    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("prefect server did not start:\n" + (home / "server.log").read_text()[-3000:])
+        time.sleep(0.5)
+    try:
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def failed_run(workspace, first_run, prefect_server):
+    """A second model (new learning rate) whose evaluation stage is broken for real; on a real server."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["train"]["lr"] = params["train"]["lr"] * 2
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    evaluate_py = workspace / "stages/evaluate.py"
+    original = evaluate_py.read_text()
+    entry = 'if __name__ == "__main__":'
+    assert original.count(entry) == 1
+    evaluate_py.write_text(original.replace(entry, BROKEN_EVALUATION + entry))
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+            record = run_flow(flows.retrain, wait_for_log="evaluation broke", workspace=str(workspace),
+                              retry_backoff_seconds=0.2)
+            with get_client(sync_client=True) as client:  # the state as the server holds it
+                stored = client.read_flow_run(record.state.state_details.flow_run_id)
+                record.stored_state, record.flow_name = stored.state, client.read_flow(stored.flow_id).name
+    finally:
+        evaluate_py.write_text(original)
+    return record, run_id_of(workspace)
+
+
+
+def test_a_failed_evaluation_fails_the_flow_run_on_a_prefect_server_and_leaves_the_champion_untouched(
+        workspace, first_run, failed_run):
+    from prefect.client.schemas.objects import StateType
+
+    record, new_run_id = failed_run
+    assert record.flow_name == "retrain" and record.stored_state.type == StateType.FAILED
+    # the stage's own error reaches the flow run's state and the Prefect logs
+    message = record.stored_state.message
+    assert "dvc repro evaluate` failed" in message and "evaluation broke" in message
+    assert "RuntimeError: evaluation broke: test split unreadable" in record.logs
+    assert record.task_run("evaluate").run_count == 1 + flows.STEPS["evaluate"].retries
+    assert record.task_run("reproduce").run_count == 1
+    assert not record.ran("register") and not record.ran("promote")
+
+    assert new_run_id != first_run[1]  # a new model was trained ...
+    client = registry.client_for(None, workspace)
+    assert champion_version(client) == "1"  # ... and the champion did not move
+    assert len(client.search_model_versions(f"name='{MODEL_NAME}'")) == 1
+    # DVC removed the old metrics.json before the failed stage: promoting by hand is refused too
+    with pytest.raises(UserError, match="evaluate the model first"):
+        registry.evaluated_model(registry.WorkspaceLayout(workspace), client)
+
+
+def test_serving_the_schedule_registers_a_weekly_deployment_the_server_schedules(workspace, prefect_server):
+    """`ctxemo retrain --serve --cron ...` (a long-running process) against the real server."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.objects import StateType
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    serving = subprocess.Popen([str(Path(sys.executable).parent / "ctxemo"), "retrain", "--serve", "--cron", "0 3 * * 1"],
+                               cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 60
+            deployment = runs = None
+            while time.monotonic() < deadline and serving.poll() is None:
+                if deployment is None:
+                    found = client.read_deployments()
+                    deployment = next((d for d in found if d.name == "retrain-weekly"), None)
+                if deployment is not None:  # the server's scheduler turns the cron into upcoming runs
+                    runs = client.read_flow_runs(
+                        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+                    if runs:
+                        break
+                time.sleep(1)
+            assert serving.poll() is None, serving.stdout.read()
+            assert client.read_flow(deployment.flow_id).name == "retrain"
+    finally:
+        serving.terminate()
+        try:
+            serving.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            serving.kill()
+    assert deployment.parameters == {"workspace": str(workspace), "pull": False, "push": False, "promote": True}
+    assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * 1"]
+    assert runs and all(r.state.type == StateType.SCHEDULED for r in runs)
+    assert all(r.expected_start_time.weekday() == 0 and r.expected_start_time.hour == 3 for r in runs)
+
+
+# --------------------------------------------------------------------------- ablations fanned out on Ray
+
+
+@pytest.mark.slow  # two trainings: ~60 s here; the retrain tests cover RayTaskRunner on the fast path
+def test_ablation_variants_run_side_by_side_as_ray_tasks(workspace, ray_local):
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        record = run_flow(flows.ablations, workspace=str(workspace), variants=["full", "no_eld"],
+                          out_root="artifacts/ablations-flow", report_dir="reports/ablations-flow")
+    assert record.state.is_completed(), record.state.message
+    rows = {row["variant"]: row for row in record.result["rows"]}
+    assert set(rows) == {"full", "no_eld"}
+    for variant in rows:
+        metrics = json.loads((workspace / f"artifacts/ablations-flow/{variant}/metrics.json").read_text())
+        assert rows[variant]["test_mAP"] == metrics["mAP"]
+    assert rows["full"]["delta_vs_full"] == 0.0
+    assert rows["no_eld"]["delta_vs_full"] == pytest.approx(rows["no_eld"]["test_mAP"] - rows["full"]["test_mAP"])
+    report = json.loads((workspace / "reports/ablations-flow/ablations.json").read_text())
+    assert [r["variant"] for r in report["rows"]] == ["full", "no_eld"]
+    # fanned out: the two variant tasks overlapped in time
+    full, no_eld = record.task_run("ablation-full"), record.task_run("ablation-no_eld")
+    assert full.start_time < no_eld.end_time and no_eld.start_time < full.end_time
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_shell_steps_report_the_exit_code_with_the_output_tail_and_stop_at_their_timeout(tmp_path):
+    import logging
+
+    logger = logging.getLogger("test-flows")
+    with pytest.raises(flows.StepFailed, match=r"exit code 3; last output:\nbefore the error"):
+        flows.run_command([sys.executable, "-c", "print('before the error'); raise SystemExit(3)"], tmp_path,
+                          dict(os.environ), 60, logger)
+    marker = tmp_path / "child.pid"
+    started = time.monotonic()
+    with pytest.raises(flows.StepFailed, match="ran past its 2 s timeout"):
+        flows.run_command(["bash", "-c", f"sleep 60 & echo $! > {marker}; wait"], tmp_path, dict(os.environ), 2,
+                          logger)
+    assert time.monotonic() - started < 30
+    child = int(marker.read_text())
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):  # the command's children went with it
+        os.kill(child, 0)
+
+
+def test_the_work_pool_deployment_matches_the_flow():
+    from prefect.flows import load_flow_from_entrypoint
+
+    config = yaml.safe_load((REPO / "infra/prefect/prefect.yaml").read_text())
+    deployment = next(d for d in config["deployments"] if d["entrypoint"] == "pipelines/flows.py:retrain")
+    loaded = load_flow_from_entrypoint(str(REPO / deployment["entrypoint"]))
+    assert loaded.name == "retrain"
+    validated = loaded.validate_parameters(deployment["parameters"])
+    assert validated["workspace"] == deployment["work_pool"]["job_variables"]["working_dir"]
+    assert validated["pull"] and validated["push"] and validated["promote"]
+    assert all(s["cron"] for s in deployment["schedules"])

@@ -1,0 +1,240 @@
+"""`ctxemo predict` and `predict-batch` from the registry's champion: the same numbers as the evaluation path.
+
+One tiny model is trained (Ray Train), evaluated and registered as champion for the module; every
+prediction is then compared with what `stages.evaluate.score_split` gives the same person from the
+stored object features. Batch size changes the model's float rounding (oneDNN picks other kernels),
+so the reference scores one person per batch, as predict does for a one-person image.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipelines import predict, registry
+from stages import evaluate, train
+from stages.data.manifest import read_manifest
+from stages.params import apply_overrides, params_from_dict
+
+MODEL_NAME = "ctxemo-predict-test"
+
+
+@pytest.fixture(scope="module")
+def champion(tiny_workspace, ray_local, tmp_path_factory):
+    """A trained, evaluated model registered as champion; the MLflow store is the module's own."""
+    store = tmp_path_factory.mktemp("predict-mlflow")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+        patch.setenv("CTXEMO_MLFLOW_ARTIFACT_ROOT", (store / "artifacts").as_uri())
+        params = params_from_dict(apply_overrides(tiny_workspace.params_dict, {"train.epochs": 1}))
+        paths = tiny_workspace.train_paths("predict")
+        train.run(params, paths)
+        run_dir = Path(paths.model_dir).parent
+        eval_paths = evaluate.EvalPaths(
+            data_root=tiny_workspace.root / "raw", manifest_dir=tiny_workspace.data / "manifest",
+            objects_dir=tiny_workspace.data / "objects", model_dir=paths.model_dir,
+            thresholds_file=run_dir / "thresholds.json", metrics_file=run_dir / "metrics.json",
+            plots_dir=run_dir / "plots")
+        evaluate.run(eval_paths, batch_size=params.train.batch_size)
+        layout = registry.WorkspaceLayout(root=tiny_workspace.root, model_dir=Path(paths.model_dir),
+                                          metrics_file=run_dir / "metrics.json")
+        promoted = registry.register_and_promote(tiny_workspace.root, MODEL_NAME, 0.005, layout=layout)
+        assert promoted.decision.applied
+        yield {"uri": f"models:/{MODEL_NAME}@champion", "artifacts": run_dir, "eval_paths": eval_paths,
+               "workspace": tiny_workspace.root, "layout": layout, "version": promoted.registered_version}
+
+
+@pytest.fixture(scope="module")
+def reference(champion):
+    """Scores of every test person through the evaluation path, one person per batch."""
+    from stages.inference import load_model_package
+
+    package = load_model_package(champion["artifacts"] / "model", champion["artifacts"] / "thresholds.json")
+    _, scores = evaluate.score_split(package, champion["eval_paths"], "test", batch_size=1)
+    manifest = read_manifest("test", champion["eval_paths"].manifest_dir)
+    return package, manifest, scores
+
+
+@pytest.fixture(scope="module")
+def predictor(champion):
+    loaded = predict.load_model(champion["uri"], champion["workspace"])
+    return predict.Predictor(loaded, champion["workspace"])
+
+
+def test_predict_from_the_champion_gives_the_evaluation_paths_numbers(champion, reference, predictor):
+    package, manifest, scores = reference
+    loaded = predictor.loaded
+    assert loaded.version == champion["version"] and loaded.package.classes == package.classes
+    assert np.array_equal(loaded.package.thresholds, package.thresholds, equal_nan=True)
+    assert loaded.objects_meta["weights"]["source"] == "random"  # the record logged at registration
+    data_root = champion["eval_paths"].data_root
+    for i, row in manifest.iterrows():
+        result = predictor.predict(data_root / row["image_path"], [row["person_box"]])
+        assert result.objects_source == "data set boxes (object_boxes.csv)"
+        (person,) = result.people
+        np.testing.assert_array_equal(person.scores, scores[i])
+        expected = [c for c, s, t in zip(package.classes, scores[i], package.thresholds) if s >= t]
+        assert person.predicted == expected
+
+
+def test_a_local_artifacts_folder_gives_the_same_predictions_as_the_registry(champion, reference, predictor):
+    _, manifest, scores = reference
+    local = predict.Predictor(predict.load_model(str(champion["artifacts"]), champion["workspace"]),
+                              champion["workspace"])
+    row = manifest.iloc[0]
+    image = champion["eval_paths"].data_root / row["image_path"]
+    assert np.array_equal(local.predict(image, [row["person_box"]]).people[0].scores, scores[0])
+
+
+def test_the_top_objects_are_the_ones_boa_attends_to_most(champion, reference, predictor):
+    from torch.utils.data import DataLoader
+
+    from stages.data.dataset import PersonDataset
+    from stages.inference import predict_loader
+
+    package, manifest, _ = reference
+    paths = champion["eval_paths"]
+    dataset = PersonDataset(manifest, paths.data_root, paths.objects_dir / "test", num_classes=len(package.classes),
+                            task=package.task, input_size=package.input_size, max_objects=package.max_objects)
+    _, _, attention = predict_loader(package.model, DataLoader(dataset, batch_size=1), with_attention=True)
+    counts = np.load(paths.objects_dir / "test" / "counts.npy")[dataset.object_rows]
+    i = int(np.argmax(counts))  # the person with the most objects
+    row = manifest.iloc[i]
+    person = predictor.predict(paths.data_root / row["image_path"], [row["person_box"]]).people[0]
+    weights = attention[i].mean(axis=0)[: counts[i]]
+    top = np.argsort(-weights, kind="stable")[: predict.TOP_OBJECTS]
+    _, boxes, _ = dataset.store.get(int(dataset.object_rows[i]))
+    assert len(person.top_objects) == min(predict.TOP_OBJECTS, counts[i]) > 0
+    assert [o["box"] for o in person.top_objects] == [[round(float(v), 2) for v in boxes[k]] for k in top]
+    assert [o["weight"] for o in person.top_objects] == [round(float(weights[k]), 4) for k in top]
+    assert all(o["label"] in dataset.store.classes for o in person.top_objects)
+
+
+def test_people_are_detected_when_no_box_is_given(champion, predictor):
+    from stages.data.images import load_rgb
+    from stages.detect import find_people
+
+    manifest = read_manifest("test", champion["eval_paths"].manifest_dir)
+    image = champion["eval_paths"].data_root / manifest.iloc[0]["image_path"]
+    found = find_people(load_rgb(image))
+    result = predictor.predict(image)
+    assert result.people_source == found.detector
+    assert [p.box for p in result.people] == [np.float32(b).tolist() for b, _ in found.people]
+    assert [p.detection_score for p in result.people] == [s for _, s in found.people]
+    if found.people:  # the detected boxes go through the very same path as given ones
+        given = predictor.predict(image, [b for b, _ in found.people])
+        for detected, explicit in zip(result.people, given.people):
+            np.testing.assert_array_equal(detected.scores, explicit.scores)
+
+
+def test_predict_command_prints_json_and_draws_the_annotated_image(champion, reference, tmp_path, monkeypatch):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    _, manifest, scores = reference
+    row = manifest.iloc[1]
+    image = champion["eval_paths"].data_root / row["image_path"]
+    box = ",".join(str(float(v)) for v in row["person_box"])
+    monkeypatch.chdir(champion["workspace"])
+    out = tmp_path / "annotated.png"
+    done = CliRunner().invoke(app, ["predict", str(image), "--box", box, "--model", champion["uri"],
+                                    "--annotate", str(out)])
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.stdout)
+    (person,) = result["people"]
+    by_label = {e["label"]: e["score"] for e in person["emotions"]}
+    assert [by_label[c] for c in reference[0].classes] == pytest.approx(scores[1].tolist(), rel=1e-6)
+    assert [e["score"] for e in person["emotions"]] == sorted(by_label.values(), reverse=True)
+    assert result["model_version"] == champion["version"] and result["people_source"] == "given"
+
+    drawn = np.asarray(Image.open(out).convert("RGB"))
+    original = np.asarray(Image.open(image).convert("RGB"))
+    assert drawn.shape == original.shape
+    x1, y1, x2, y2 = (int(round(v)) for v in row["person_box"])
+    assert tuple(drawn[(y1 + y2) // 2, x1]) == predict.PERSON_COLOUR  # the person's box outline
+    assert tuple(drawn[(y1 + y2) // 2, x2 - 1]) == predict.PERSON_COLOUR
+
+    bad = CliRunner().invoke(app, ["predict", str(image), "--box", "1,2,3", "--model", champion["uri"]])
+    assert bad.exit_code == 2 and "expected four numbers x1,y1,x2,y2" in bad.output
+    missing = CliRunner().invoke(app, ["predict", str(image), "--model", "models:/no-such-model@champion"])
+    assert missing.exit_code == 2 and "no-such-model" in missing.output
+
+
+def test_batch_prediction_writes_the_same_per_person_numbers_to_parquet(champion, reference, tmp_path):
+    from pipelines import batch_predict
+
+    _, manifest, _ = reference
+    data_root = champion["eval_paths"].data_root
+    images = sorted(set(manifest["image_path"]))[:2]
+    boxes_csv = tmp_path / "boxes.csv"
+    rows = [(p, *map(float, b)) for p, b in zip(manifest["image_path"], manifest["person_box"]) if p in images]
+    src = data_root / "images"
+    boxes_csv.write_text("image,x1,y1,x2,y2\n" + "".join(  # image paths relative to SRC
+        f"{Path(p).relative_to('images').as_posix()},{a},{b},{c},{d}\n" for p, a, b, c, d in rows))
+    out = tmp_path / "predictions.parquet"
+
+    summary = batch_predict.run(str(src), str(out), champion["uri"], workspace=champion["workspace"],
+                                boxes_file=boxes_csv, batch_size=4)
+
+    table = pq.read_table(out)
+    assert json.loads(table.schema.metadata[b"ctxemo.classes"]) == reference[0].classes
+    frame = table.to_pandas()
+    assert summary["images"] == len(list(src.iterdir())) == frame["image"].nunique()
+    assert set(frame["status"]) <= {"ok", "no_person"}
+    # the actors compute with one torch thread, as the objects stage's Ray actors do
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = predict.Predictor(predict.load_model(champion["uri"], champion["workspace"]), champion["workspace"])
+        for relative in images:
+            image_rows = frame[frame["image"] == Path(relative).relative_to("images").as_posix()]
+            boxes = [list(r[1:]) for r in rows if r[0] == relative]
+            expected = single.predict(data_root / relative, boxes)
+            assert len(image_rows) == len(boxes) and (image_rows["box_source"] == "given").all()
+            for (_, got), want in zip(image_rows.sort_values("person").iterrows(), expected.people):
+                np.testing.assert_array_equal(np.asarray(got["scores"], np.float32), want.scores)
+                assert list(got["predicted"]) == want.predicted
+                assert json.loads(got["top_objects"]) == want.top_objects
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_rescoring_the_champion_on_the_workspace_reproduces_its_evaluation(champion, tiny_workspace, tmp_path):
+    import dataclasses
+
+    import yaml
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(tiny_workspace.params_dict))
+    layout = dataclasses.replace(champion["layout"], params_file=params_file)
+    client = registry.client_for()
+    version = client.get_model_version(MODEL_NAME, champion["version"])
+    metrics = json.loads(layout.metrics_file.read_text())
+    assert registry.rescore_version(client, version, layout, "mAP") == metrics["mAP"]
+
+
+def test_photos_outside_the_data_set_get_no_object_boxes_and_an_empty_photo_finds_nobody(
+        champion, reference, predictor, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    _, manifest, scores = reference
+    row = manifest.iloc[0]
+    outside = tmp_path / "photo.jpg"
+    shutil.copy(champion["eval_paths"].data_root / row["image_path"], outside)
+    result = predictor.predict(outside, [row["person_box"]])
+    # offline there are no detector weights: the model sees no objects, and the output says so
+    assert result.objects_source.startswith("none:") and result.people[0].top_objects == []
+    assert result.people[0].scores.shape == scores[0].shape and not np.array_equal(result.people[0].scores, scores[0])
+
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (48, 48), (90, 90, 90)).save(blank)
+    nobody = predictor.predict(blank)
+    assert nobody.people == [] and nobody.objects_source == "not needed: nobody found"
