@@ -84,6 +84,7 @@ def project_copy(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # 2-5 min; tests/test_flows.py runs the same dvc.yaml through `dvc repro` in CI
 def test_repro_runs_everything_then_nothing_and_a_model_change_touches_only_train_and_evaluate(project_copy):
     root = project_copy
     env_uri = f"sqlite:///{root / 'mlflow.db'}"
