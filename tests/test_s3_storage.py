@@ -242,6 +242,10 @@ def _fresh_ray_cluster():
 
 
 def test_ray_train_checkpoints_to_s3_and_a_new_cluster_resumes_from_there(s3_settings, tmp_path, monkeypatch):
+    import ray
+
+    if ray.is_initialized():  # this test starts its own clusters; an earlier test's session Ray must go
+        ray.shutdown()
     import ray.cloudpickle
 
     # The controller notices finished and failed workers at this interval (default 2 s); the

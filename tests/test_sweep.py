@@ -203,7 +203,7 @@ def test_four_trial_asha_sweep_tracks_children_survives_a_crash_and_writes_adopt
     markdown = (tmp_path / "reports" / "sweep.md").read_text()
     assert all(r["trial_id"] in markdown for r in rows) and "test-only crash" in markdown
     for path in PAPER_PATHS:
-        png = tmp_path / "reports" / "plots" / f"sweep_{path.replace('.', '_')}.png"
+        png = tmp_path / "reports" / "sweep_plots" / f"sweep_{path.replace('.', '_')}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # finished trials gave their checkpoints back; only the crashed one keeps its own (for --resume)
