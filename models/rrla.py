@@ -124,8 +124,9 @@ class RelationalRegionLevelNet(nn.Module):
 
     def set_object_feature_stats(self, mean: np.ndarray | torch.Tensor, std: np.ndarray | torch.Tensor) -> None:
         """Standardise object features with these [2048] statistics (std is floored at 1e-6)."""
-        mean = torch.as_tensor(mean, dtype=self.object_feature_mean.dtype).reshape(OBJECT_FEATURE_DIM)
-        std = torch.as_tensor(std, dtype=self.object_feature_std.dtype).reshape(OBJECT_FEATURE_DIM)
+        # torch.tensor copies: arrays arriving through Ray's object store are read-only
+        mean = torch.tensor(np.asarray(mean), dtype=self.object_feature_mean.dtype).reshape(OBJECT_FEATURE_DIM)
+        std = torch.tensor(np.asarray(std), dtype=self.object_feature_std.dtype).reshape(OBJECT_FEATURE_DIM)
         if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
             raise ValueError("object feature statistics contain NaN or infinite values")
         self.object_feature_mean.copy_(mean)

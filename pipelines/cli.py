@@ -31,15 +31,25 @@ def _fail(message: str) -> None:
 
 @app.command()
 def synth(
-    out: Path = typer.Option(Path("data/raw/demo"), help="output folder of the generated data set"),
-    images: int = typer.Option(240, min=1, help="number of images"),
-    seed: int = typer.Option(0, help="random seed (same seed -> identical data set)"),
-    format: str = typer.Option("emotic", "--format", help="emotic | caers"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default: synth.out of params.yaml)"),
+    images: Optional[int] = typer.Option(None, min=1, help="number of images (default: synth.images)"),
+    seed: Optional[int] = typer.Option(None, help="random seed, same seed -> identical data set (default: synth.seed)"),
+    format: Optional[str] = typer.Option(None, "--format", help="emotic | caers (default: synth.format)"),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
 ) -> None:
     """Generate a demo data set whose labels follow body, face and context cues."""
     from stages.data.synth import generate
     from stages.errors import UserError
 
+    # Options given on the command line win; the rest come from params.yaml's synth section,
+    # so `ctxemo synth` and `python -m stages.data.synth` make the same data set.
+    defaults = _workspace_params(params_file).synth if params_file.is_file() else None
+    if defaults is None and None in (out, images, seed, format):
+        _fail(f"{params_file} not found: pass --out, --images, --seed and --format, or run in a workspace")
+    out = out if out is not None else Path(defaults.out)
+    images = images if images is not None else defaults.images
+    seed = seed if seed is not None else defaults.seed
+    format = format if format is not None else defaults.format
     if format not in ("emotic", "caers"):
         _fail(f"--format must be 'emotic' or 'caers', not {format!r}")
     try:

@@ -476,3 +476,34 @@ def test_caers_is_deterministic(caers_set, tmp_path):
     again = tmp_path / "again"
     synth.generate(again, 70, 3, "caers")
     assert tree_digest(again) == tree_digest(root)
+
+
+# ------------------------------------------------------------------------ command line
+def test_synth_command_reads_the_synth_section_and_options_override_it(tmp_path, monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {"synth": {"out": "made", "images": 5, "seed": 3, "format": "emotic"}}))
+    monkeypatch.chdir(tmp_path)
+    from_params = CliRunner().invoke(app, ["synth"])
+    assert from_params.exit_code == 0, from_params.output
+    assert len(list((tmp_path / "made" / "images").glob("*.jpg"))) == 5
+    assert json.loads((tmp_path / "made" / "synth_meta.json").read_text())["seed"] == 3
+
+    overridden = CliRunner().invoke(app, ["synth", "--out", "other", "--images", "4"])
+    assert overridden.exit_code == 0, overridden.output
+    assert len(list((tmp_path / "other" / "images").glob("*.jpg"))) == 4
+
+
+def test_synth_command_outside_a_workspace_needs_every_option(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["synth", "--images", "2"])
+    assert result.exit_code != 0
+    assert "params.yaml not found" in result.output
