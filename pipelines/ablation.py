@@ -2,10 +2,11 @@
 
     ctxemo ablate                       # full, no BOA, no BPA, no ELD, no geometry
     ctxemo ablate --variant full --variant no_eld
+    ctxemo ablate --seed 0 --seed 1 --seed 2     # each variant with three seeds: mean, std, paired gaps
 
 Each variant is params.yaml with one switch flipped, trained by the same training stage
 (stages.train.run, Ray Train) and evaluated by the same evaluation (stages.evaluate.run)
-into `artifacts/ablations/<variant>/`; the comparison goes to `reports/ablations.md` and
+into `artifacts/ablations/<variant>/seed<k>/`; the comparison goes to `reports/ablations.md` and
 `reports/ablations.json`. The stage outputs the variants need (manifest, objects, label
 graph) must exist: run `dvc repro evaluate` (or `make demo`) first.
 """
@@ -15,6 +16,8 @@ import json
 import time
 from pathlib import Path
 from typing import Any, Iterable
+
+import numpy as np
 
 from pipelines.report import markdown_table
 from stages.params import apply_overrides, params_from_dict, params_to_dict
@@ -28,57 +31,96 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def variant_params(base: dict[str, Any], variant: str):
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown ablation {variant!r}; choose from {', '.join(VARIANTS)}")
-    return params_from_dict(apply_overrides(base, VARIANTS[variant]))
+def variant_params(base: dict[str, Any], variant: str, seed: int | None = None):
+    check_variants([variant])
+    seed_override = {} if seed is None else {"seed": seed}
+    return params_from_dict(apply_overrides(base, {**VARIANTS[variant], **seed_override}))
 
 
-def run_variant(base: dict[str, Any], variant: str, out_root: Path) -> dict[str, Any]:
+def run_variant(base: dict[str, Any], variant: str, out_root: Path, seed: int | None = None) -> dict[str, Any]:
+    """Train and evaluate one variant with one seed (params' own seed when None) into
+    `out_root/<variant>/seed<k>/`."""
     from stages import evaluate, train
 
-    params = variant_params(base, variant)
-    root = out_root / variant
+    seed = base.get("seed", 0) if seed is None else seed
+    params = variant_params(base, variant, seed)
+    root = out_root / variant / f"seed{seed}"
     started = time.perf_counter()
     train_summary = train.run(params, train.TrainPaths(
         data_root=Path(params.data.root), model_dir=root / "model", report_dir=root / "train",
-    ), run_name=f"ablation-{variant}", tags={"ctxemo.variant": variant})
+    ), run_name=f"ablation-{variant}-seed{seed}", tags={"ctxemo.variant": variant, "ctxemo.seed": str(seed)})
     results = evaluate.run(evaluate.EvalPaths(
         data_root=Path(params.data.root), model_dir=root / "model", thresholds_file=root / "thresholds.json",
         metrics_file=root / "metrics.json", plots_dir=root / "plots",
     ), batch_size=params.train.batch_size)
-    return {"variant": variant, "overrides": VARIANTS[variant], "train": train_summary, "test": results,
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {"variant": variant, "seed": seed, "overrides": VARIANTS[variant], "train": train_summary,
+            "test": results, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), (float(array.std(ddof=1)) if len(array) > 1 else None)
 
 
 def comparison(rows: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-    """Markdown table + json rows: the primary metric and its gap to the full model."""
+    """One line per variant: the primary test metric over seeds (mean, sample std), its gap
+    to the full model paired by seed, and on how many seeds the full model did better.
+
+    Seeds pair naturally: the same seed gives every variant the same data order and the same
+    initialisation of the layers they share, so `full - variant` per seed is the fair gap.
+    """
     task = rows[0]["test"]["task"]
     key, val_key = ("mAP", "val_mAP") if task == "multilabel" else ("accuracy", "val_accuracy")
-    full = next((r["test"][key] for r in rows if r["variant"] == "full"), None)
-    table = []
+    by_variant: dict[str, dict[int, dict[str, Any]]] = {}
     for r in rows:
-        test = r["test"]
-        entry = {"variant": r["variant"], f"test_{key}": test[key], f"val_{key}": test[val_key],
-                 "delta_vs_full": None if full is None else test[key] - full, "seconds": r["seconds"]}
+        by_variant.setdefault(r["variant"], {})[r["seed"]] = r
+    full = by_variant.get("full", {})
+    table = []
+    for variant, runs in by_variant.items():
+        seeds = sorted(runs)
+        test_mean, test_std = _mean_std([runs[s]["test"][key] for s in seeds])
+        entry: dict[str, Any] = {
+            "variant": variant, "seeds": len(seeds), f"test_{key}": test_mean, f"test_{key}_std": test_std,
+            f"val_{key}": _mean_std([runs[s]["test"][val_key] for s in seeds])[0],
+        }
+        paired = [runs[s]["test"][key] - full[s]["test"][key] for s in seeds if s in full]
+        entry["delta_vs_full"] = _mean_std(paired)[0] if paired else None
+        entry["full_better_on"] = (f"{sum(d < 0 for d in paired)}/{len(paired)}"
+                                   if paired and variant != "full" else None)
         if task == "multilabel":
-            entry.update({"c_f1": test["c_f1"], "o_f1": test["o_f1"], "baseline_mAP": test["baseline_mAP"]})
+            entry.update({"c_f1": _mean_std([runs[s]["test"]["c_f1"] for s in seeds])[0],
+                          "o_f1": _mean_std([runs[s]["test"]["o_f1"] for s in seeds])[0],
+                          "baseline_mAP": runs[seeds[0]]["test"]["baseline_mAP"]})
+        entry["seconds"] = round(sum(runs[s]["seconds"] for s in seeds) / len(seeds), 1)
+        entry["per_seed"] = {str(s): runs[s]["test"][key] for s in seeds}
         table.append(entry)
-    header = list(table[0])
+    header = [h for h in table[0] if h != "per_seed"]
     return markdown_table(header, [[e[h] for h in header] for e in table]), table
 
 
-def run(base: dict[str, Any], variants: Iterable[str] = tuple(VARIANTS), out_root: Path = Path("artifacts/ablations"),
-        report_dir: Path = Path("reports")) -> dict[str, Any]:
+def write_report(markdown: str, table: list[dict[str, Any]], base: dict[str, Any], report_dir: Path) -> None:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "ablations.md").write_text(
+        "# Ablations (paper Table 4) on the configured data\n\n" + markdown + "\n\n"
+        "test metric: mean over seeds (std: sample standard deviation); delta_vs_full: mean of the per-seed "
+        "differences to the full model; full_better_on: seeds on which the full model scored higher.\n")
+    (report_dir / "ablations.json").write_text(json.dumps(
+        {"rows": table, "params": params_to_dict(params_from_dict(base))}, indent=2))
+
+
+def check_variants(variants: Iterable[str]) -> list[str]:
     variants = list(variants)
     for variant in variants:
         if variant not in VARIANTS:
             raise ValueError(f"unknown ablation {variant!r}; choose from {', '.join(VARIANTS)}")
-    rows = [run_variant(base, v, out_root) for v in variants]
+    return variants
+
+
+def run(base: dict[str, Any], variants: Iterable[str] = tuple(VARIANTS), seeds: Iterable[int] | None = None,
+        out_root: Path = Path("artifacts/ablations"), report_dir: Path = Path("reports")) -> dict[str, Any]:
+    variants = check_variants(variants)
+    seeds = list(seeds) if seeds else [base.get("seed", 0)]
+    rows = [run_variant(base, v, out_root, seed) for seed in seeds for v in variants]
     markdown, table = comparison(rows)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / "ablations.md").write_text(
-        "# Ablations (paper Table 4) on the configured data\n\n" + markdown + "\n")
-    (report_dir / "ablations.json").write_text(json.dumps(
-        {"rows": table, "params": params_to_dict(params_from_dict(base))}, indent=2))
+    write_report(markdown, table, base, report_dir)
     return {"markdown": markdown, "rows": table}

@@ -108,6 +108,7 @@ def configure(
 @app.command()
 def ablate(
     variant: list[str] = typer.Option(None, "--variant", help="full | no_boa | no_bpa | no_eld | no_geometry (repeatable; default all)"),
+    seed: list[int] = typer.Option(None, "--seed", help="train each variant with this seed (repeatable; default: params' seed)"),
     params_file: Path = typer.Option(Path("params.yaml"), "--params"),
 ) -> None:
     """Train and evaluate the paper's ablations on the same data; write reports/ablations.{md,json}."""
@@ -116,7 +117,7 @@ def ablate(
     from stages.params import read_yaml
 
     try:
-        result = ablation.run(read_yaml(params_file), variant or tuple(ablation.VARIANTS))
+        result = ablation.run(read_yaml(params_file), variant or tuple(ablation.VARIANTS), seed or None)
     except (UserError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(result["markdown"])
@@ -197,13 +198,14 @@ def retrain(
 @app.command("ablate-flow")
 def ablate_flow(
     variant: list[str] = typer.Option(None, "--variant", help="full | no_boa | no_bpa | no_eld | no_geometry (repeatable; default all)"),
+    seed: list[int] = typer.Option(None, "--seed", help="train each variant with this seed (repeatable; default: params' seed)"),
     params_file: Path = typer.Option(Path("params.yaml"), "--params"),
 ) -> None:
     """The ablations as a Prefect flow: variants trained in parallel as Ray tasks (RayTaskRunner)."""
     from pipelines import ablation, flows
 
     state = flows.ablations(workspace=str(Path(".").resolve()), variants=variant or list(ablation.VARIANTS),
-                            params_file=str(params_file), return_state=True)
+                            seeds=seed or None, params_file=str(params_file), return_state=True)
     if not state.is_completed():
         _fail(f"ablations flow run {state.name}: {state.message}")
     typer.echo(state.result()["markdown"])

@@ -236,15 +236,15 @@ def promote_step(workspace: str, tracking_uri: str, model_name: str, version: st
 
 
 @task(cache_policy=NO_CACHE)
-def ablation_step(base_params: dict[str, Any], variant: str, out_root: str, workspace: str,
+def ablation_step(base_params: dict[str, Any], variant: str, seed: int, out_root: str, workspace: str,
                   forwarded: dict[str, str], chaos: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train and evaluate one ablation variant (pipelines/ablation.py) inside the workspace."""
     from pipelines import ablation
 
     _inject_fault(chaos)
     with _inside(Path(workspace), _subprocess_env(forwarded)):
-        row = ablation.run_variant(base_params, variant, Path(out_root))
-    get_run_logger().info(f"ablation {variant}: {row['test'].get('mAP', row['test'].get('accuracy'))} "
+        row = ablation.run_variant(base_params, variant, Path(out_root), seed)
+    get_run_logger().info(f"ablation {variant} seed {seed}: {row['test'].get('mAP', row['test'].get('accuracy'))} "
                           f"in {row['seconds']} s")
     return row
 
@@ -349,34 +349,26 @@ def retrain(workspace: str = ".", pull: bool = False, push: bool = False, promot
 
 
 @flow(name="ablations", task_runner=ray_task_runner(), log_prints=True)
-def ablations(workspace: str = ".", variants: list[str] | None = None, params_file: str = "params.yaml",
-              out_root: str = "artifacts/ablations", report_dir: str = "reports",
+def ablations(workspace: str = ".", variants: list[str] | None = None, seeds: list[int] | None = None,
+              params_file: str = "params.yaml", out_root: str = "artifacts/ablations", report_dir: str = "reports",
               retry_backoff_seconds: float = 10.0, chaos: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The paper's ablations, one Ray task per variant, side by side; writes reports/ablations.{md,json}."""
-    import json
-
+    """The paper's ablations, one Ray task per (variant, seed), side by side; writes reports/ablations.{md,json}."""
     from pipelines import ablation
-    from stages.params import params_from_dict, params_to_dict, read_yaml
+    from stages.params import read_yaml
 
     ws = Path(workspace).resolve()
-    variants = list(variants or ablation.VARIANTS)
-    unknown = [v for v in variants if v not in ablation.VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown ablation {unknown[0]!r}; choose from {', '.join(ablation.VARIANTS)}")
+    variants = ablation.check_variants(variants or ablation.VARIANTS)
     base = read_yaml(ws / params_file)
+    seeds = list(seeds) if seeds else [base.get("seed", 0)]
     forwarded = forwarded_environment(ws)
     step = _step(ablation_step, "ablation", retry_backoff_seconds)
     out = ws / out_root
     with _ray_options():
-        futures = [step.with_options(task_run_name=f"ablation-{v}").submit(base, v, str(out), str(ws), forwarded,
-                                                                            chaos) for v in variants]
+        futures = [step.with_options(task_run_name=f"ablation-{v}-seed{s}").submit(
+            base, v, s, str(out), str(ws), forwarded, chaos) for s in seeds for v in variants]
         rows = [future.result() for future in futures]
     markdown, table = ablation.comparison(rows)
-    reports = ws / report_dir
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / "ablations.md").write_text("# Ablations (paper Table 4) on the configured data\n\n" + markdown + "\n")
-    (reports / "ablations.json").write_text(json.dumps(
-        {"rows": table, "params": params_to_dict(params_from_dict(base))}, indent=2))
+    ablation.write_report(markdown, table, base, ws / report_dir)
     return {"markdown": markdown, "rows": table}
 
 

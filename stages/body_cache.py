@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -104,6 +105,12 @@ def frozen_backbone(params: Params):
     return backbone.eval()
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _split_complete(folder: Path, split: str, rows: int) -> bool:
     meta_path = folder / f"{split}.json"
     if not ((folder / f"{split}.npy").is_file() and meta_path.is_file()):
@@ -116,7 +123,10 @@ def _extract_split(backbone, dataset, out_file: Path, dtype: str, batch_size: in
     from torch.utils.data import DataLoader
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    partial = out_file.with_name(out_file.name + ".partial.npy")
+    # A name of its own per builder: two processes (an ablation and a sweep, two sweeps) may
+    # build the same fingerprint at once; each writes its own file and the last rename wins
+    # (the contents are identical: the same seeded backbone on the same crops).
+    partial = out_file.with_name(f"{out_file.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial.npy")
     array, row = None, 0
     with torch.no_grad():
         for batch in loader:
@@ -158,7 +168,7 @@ def run(params: Params, paths, *, cache_root: Path = CACHE_ROOT, splits: tuple[s
     inputs = fingerprint_inputs(params, Path(paths.manifest_dir), Path(paths.data_root), dtype)
     folder = Path(cache_root) / fingerprint(inputs)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "fingerprint.json").write_text(json.dumps(inputs, indent=2))
+    _write_atomic(folder / "fingerprint.json", json.dumps(inputs, indent=2))
 
     num_classes = len(read_labels(paths.labels_json))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -175,7 +185,7 @@ def run(params: Params, paths, *, cache_root: Path = CACHE_ROOT, splits: tuple[s
         split_started = time.perf_counter()
         shape = _extract_split(backbone, dataset, folder / f"{split}.npy", dtype, params.train.batch_size,
                                params.train.loader_workers, device)
-        (folder / f"{split}.json").write_text(json.dumps({
+        _write_atomic(folder / f"{split}.json", json.dumps({
             "rows": len(manifest), "shape": list(shape), "dtype": dtype,
             "sample_ids_sha256": hashlib.sha256("\n".join(manifest["sample_id"]).encode()).hexdigest(),
         }, indent=2))

@@ -99,6 +99,25 @@ def test_object_counts_beyond_the_stored_top_n_are_refused(tiny_workspace):
 # --------------------------------------------------------------------------- the body cache
 
 
+def test_two_builders_of_the_same_cache_at_once_both_finish_with_the_same_maps(tiny_workspace, tmp_path):
+    """An ablation and a sweep (or two sweeps) may build one fingerprint at the same time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.set_num_threads(1)
+    paths = tiny_workspace.train_paths("cache-race").resolved()
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(body_cache.run, tiny_workspace.params, paths, cache_root=tmp_path / "cache",
+                               dtype="float32", log=lambda _: None) for _ in range(2)]
+        summaries = [f.result() for f in futures]
+    assert summaries[0]["dir"] == summaries[1]["dir"]
+    folder = Path(summaries[0]["dir"])
+    assert sorted(p.name for p in folder.iterdir()) == ["fingerprint.json", "train.json", "train.npy",
+                                                         "val.json", "val.npy"]  # no partial file left
+    again = body_cache.run(tiny_workspace.params, paths, cache_root=tmp_path / "cache", dtype="float32",
+                           log=lambda _: None)
+    assert again["built"] == [] and again["reused"] == ["train", "val"]
+
+
 def test_cached_body_maps_equal_the_trial_models_backbone_on_the_crop(tiny_workspace, tmp_path):
     from stages.data.dataset import body_tensor, open_rgb
     from stages.data.manifest import read_manifest

@@ -1,0 +1,61 @@
+"""`ctxemo ablate`: variants x seeds trained by the real training stage, and the comparison table."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipelines import ablation
+
+
+def _row(variant: str, seed: int, test: float, val: float = 0.5, seconds: float = 10.0) -> dict:
+    return {"variant": variant, "seed": seed, "seconds": seconds,
+            "test": {"task": "multilabel", "mAP": test, "val_mAP": val, "c_f1": 0.1, "o_f1": 0.2, "baseline_mAP": 0.05}}
+
+
+def test_comparison_pairs_seeds_and_counts_where_the_full_model_wins():
+    rows = [_row("full", 0, 0.30), _row("full", 1, 0.34), _row("full", 2, 0.32),
+            _row("no_eld", 0, 0.28), _row("no_eld", 1, 0.36), _row("no_eld", 2, 0.29)]
+    markdown, table = ablation.comparison(rows)
+    full, no_eld = table
+    assert full["variant"] == "full" and full["seeds"] == 3
+    assert full["test_mAP"] == pytest.approx(0.32)
+    assert full["test_mAP_std"] == pytest.approx(0.02)  # sample std of 0.30, 0.34, 0.32
+    assert full["delta_vs_full"] == 0.0 and full["full_better_on"] is None
+    # paired by seed: -0.02, +0.02, -0.03
+    assert no_eld["delta_vs_full"] == pytest.approx(-0.01)
+    assert no_eld["full_better_on"] == "2/3"
+    assert no_eld["per_seed"] == {"0": 0.28, "1": 0.36, "2": 0.29}
+    assert markdown.splitlines()[0].startswith("| variant | seeds | test_mAP | test_mAP_std |")
+    assert "per_seed" not in markdown
+
+
+def test_one_seed_has_no_spread_and_a_missing_full_model_has_no_gap():
+    _, table = ablation.comparison([_row("no_boa", 0, 0.2)])
+    assert table[0]["test_mAP_std"] is None and table[0]["delta_vs_full"] is None
+    assert table[0]["full_better_on"] is None
+
+
+def test_unknown_variant_is_rejected_before_any_training():
+    with pytest.raises(ValueError, match="unknown ablation 'no_such'.*full, no_boa"):
+        ablation.run({"seed": 0}, ["full", "no_such"])
+
+
+def test_two_variants_two_seeds_train_evaluate_and_report(tiny_workspace, ray_local, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tiny_workspace.root)
+    base = dict(tiny_workspace.params_dict, train={**tiny_workspace.params_dict["train"], "epochs": 1})
+    result = ablation.run(base, ["full", "no_boa"], seeds=[0, 1], out_root=tmp_path / "abl",
+                          report_dir=tmp_path / "reports")
+    rows = {row["variant"]: row for row in result["rows"]}
+    for variant in ("full", "no_boa"):
+        per_seed = {seed: json.loads((tmp_path / f"abl/{variant}/seed{seed}/metrics.json").read_text())["mAP"]
+                    for seed in (0, 1)}
+        assert rows[variant]["per_seed"] == {"0": per_seed[0], "1": per_seed[1]}
+        assert rows[variant]["test_mAP"] == pytest.approx((per_seed[0] + per_seed[1]) / 2)
+    assert rows["no_boa"]["delta_vs_full"] == pytest.approx(rows["no_boa"]["test_mAP"] - rows["full"]["test_mAP"])
+    # different seeds really train different models
+    assert rows["full"]["per_seed"]["0"] != rows["full"]["per_seed"]["1"]
+    report = json.loads((tmp_path / "reports/ablations.json").read_text())
+    assert [r["variant"] for r in report["rows"]] == ["full", "no_boa"]
+    assert "| full | 2 |" in (tmp_path / "reports/ablations.md").read_text()
