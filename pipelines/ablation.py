@@ -12,6 +12,7 @@ graph) must exist: run `dvc repro evaluate` (or `make demo`) first.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -37,24 +38,57 @@ def variant_params(base: dict[str, Any], variant: str, seed: int | None = None):
     return params_from_dict(apply_overrides(base, {**VARIANTS[variant], **seed_override}))
 
 
-def run_variant(base: dict[str, Any], variant: str, out_root: Path, seed: int | None = None) -> dict[str, Any]:
+RESULT_FILE = "result.json"
+
+
+def inputs_fingerprint(params, paths) -> str:
+    """What a finished variant run depends on: its full params, the manifests and label graph
+    (by content) and the stored object features (by file name and size)."""
+    digest = hashlib.sha256(json.dumps(params_to_dict(params), sort_keys=True).encode())
+    for folder in (paths.manifest_dir, paths.graph_dir):
+        for file in sorted(Path(folder).glob("*")):
+            if file.is_file():
+                digest.update(file.name.encode() + file.read_bytes())
+    for file in sorted(Path(paths.objects_dir).rglob("*")):
+        if file.is_file():
+            digest.update(f"{file.relative_to(paths.objects_dir)}:{file.stat().st_size}".encode())
+    return digest.hexdigest()
+
+
+def run_variant(base: dict[str, Any], variant: str, out_root: Path, seed: int | None = None,
+                reuse: bool = True) -> dict[str, Any]:
     """Train and evaluate one variant with one seed (params' own seed when None) into
-    `out_root/<variant>/seed<k>/`."""
+    `out_root/<variant>/seed<k>/`.
+
+    A run that finished before with the same params and data is not trained again (its
+    `result.json` is read back), so an interrupted `ctxemo ablate` continues where it stopped
+    and adding a seed trains only the new runs; `reuse=False` trains everything.
+    """
     from stages import evaluate, train
 
     seed = base.get("seed", 0) if seed is None else seed
     params = variant_params(base, variant, seed)
     root = out_root / variant / f"seed{seed}"
+    paths = train.TrainPaths(data_root=Path(params.data.root), model_dir=root / "model", report_dir=root / "train")
+    fingerprint = inputs_fingerprint(params, paths)
+    finished = root / RESULT_FILE
+    if reuse and finished.is_file():
+        record = json.loads(finished.read_text())
+        if record.get("fingerprint") == fingerprint:
+            print(f"[ablate] {variant} seed {seed}: finished before with the same params and data, "
+                  f"reusing {finished}", flush=True)
+            return {**record["row"], "reused": True}
     started = time.perf_counter()
-    train_summary = train.run(params, train.TrainPaths(
-        data_root=Path(params.data.root), model_dir=root / "model", report_dir=root / "train",
-    ), run_name=f"ablation-{variant}-seed{seed}", tags={"ctxemo.variant": variant, "ctxemo.seed": str(seed)})
+    train_summary = train.run(params, paths, run_name=f"ablation-{variant}-seed{seed}",
+                              tags={"ctxemo.variant": variant, "ctxemo.seed": str(seed)})
     results = evaluate.run(evaluate.EvalPaths(
         data_root=Path(params.data.root), model_dir=root / "model", thresholds_file=root / "thresholds.json",
         metrics_file=root / "metrics.json", plots_dir=root / "plots",
     ), batch_size=params.train.batch_size)
-    return {"variant": variant, "seed": seed, "overrides": VARIANTS[variant], "train": train_summary,
-            "test": results, "seconds": round(time.perf_counter() - started, 1)}
+    row = {"variant": variant, "seed": seed, "overrides": VARIANTS[variant], "train": train_summary,
+           "test": results, "seconds": round(time.perf_counter() - started, 1)}
+    finished.write_text(json.dumps({"fingerprint": fingerprint, "row": row}, indent=2, default=str))
+    return row
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -117,10 +151,11 @@ def check_variants(variants: Iterable[str]) -> list[str]:
 
 
 def run(base: dict[str, Any], variants: Iterable[str] = tuple(VARIANTS), seeds: Iterable[int] | None = None,
-        out_root: Path = Path("artifacts/ablations"), report_dir: Path = Path("reports")) -> dict[str, Any]:
+        out_root: Path = Path("artifacts/ablations"), report_dir: Path = Path("reports"),
+        reuse: bool = True) -> dict[str, Any]:
     variants = check_variants(variants)
     seeds = list(seeds) if seeds else [base.get("seed", 0)]
-    rows = [run_variant(base, v, out_root, seed) for seed in seeds for v in variants]
+    rows = [run_variant(base, v, out_root, seed, reuse=reuse) for seed in seeds for v in variants]
     markdown, table = comparison(rows)
     write_report(markdown, table, base, report_dir)
     return {"markdown": markdown, "rows": table}

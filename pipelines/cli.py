@@ -109,6 +109,7 @@ def configure(
 def ablate(
     variant: list[str] = typer.Option(None, "--variant", help="full | no_boa | no_bpa | no_eld | no_geometry (repeatable; default all)"),
     seed: list[int] = typer.Option(None, "--seed", help="train each variant with this seed (repeatable; default: params' seed)"),
+    fresh: bool = typer.Option(False, "--fresh", help="retrain runs that finished before with the same params and data"),
     params_file: Path = typer.Option(Path("params.yaml"), "--params"),
 ) -> None:
     """Train and evaluate the paper's ablations on the same data; write reports/ablations.{md,json}."""
@@ -117,7 +118,8 @@ def ablate(
     from stages.params import read_yaml
 
     try:
-        result = ablation.run(read_yaml(params_file), variant or tuple(ablation.VARIANTS), seed or None)
+        result = ablation.run(read_yaml(params_file), variant or tuple(ablation.VARIANTS), seed or None,
+                              reuse=not fresh)
     except (UserError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(result["markdown"])

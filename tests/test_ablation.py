@@ -41,7 +41,7 @@ def test_unknown_variant_is_rejected_before_any_training():
         ablation.run({"seed": 0}, ["full", "no_such"])
 
 
-def test_two_variants_two_seeds_train_evaluate_and_report(tiny_workspace, ray_local, tmp_path, monkeypatch):
+def test_two_variants_two_seeds_train_evaluate_and_report(tiny_workspace, ray_local, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tiny_workspace.root)
     base = dict(tiny_workspace.params_dict, train={**tiny_workspace.params_dict["train"], "epochs": 1})
@@ -59,3 +59,34 @@ def test_two_variants_two_seeds_train_evaluate_and_report(tiny_workspace, ray_lo
     report = json.loads((tmp_path / "reports/ablations.json").read_text())
     assert [r["variant"] for r in report["rows"]] == ["full", "no_boa"]
     assert "| full | 2 |" in (tmp_path / "reports/ablations.md").read_text()
+
+    # a second call with the same params and data trains nothing: every run is read back
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "abl").rglob("model.pt")}
+    again = ablation.run(base, ["full", "no_boa"], seeds=[0, 1], out_root=tmp_path / "abl",
+                         report_dir=tmp_path / "reports")
+    assert again["rows"] == result["rows"]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "abl").rglob("model.pt")} == before
+    assert "reusing" in capsys.readouterr().out
+
+
+def test_the_fingerprint_of_a_finished_run_follows_params_and_data(tiny_workspace, tmp_path):
+    from stages import train
+
+    paths = tiny_workspace.train_paths("fingerprint")
+    params = ablation.variant_params(tiny_workspace.params_dict, "full", seed=0)
+    reference = ablation.inputs_fingerprint(params, paths)
+    assert ablation.inputs_fingerprint(ablation.variant_params(tiny_workspace.params_dict, "full", seed=0),
+                                       paths) == reference
+    assert ablation.inputs_fingerprint(ablation.variant_params(tiny_workspace.params_dict, "full", seed=1),
+                                       paths) != reference
+    assert ablation.inputs_fingerprint(ablation.variant_params(tiny_workspace.params_dict, "no_eld", seed=0),
+                                       paths) != reference
+    # other label-graph contents (same file names) are other inputs
+    graph = tmp_path / "graph"
+    graph.mkdir()
+    for file in paths.graph_dir.iterdir():
+        (graph / file.name).write_bytes(file.read_bytes())
+    copied = train.TrainPaths(**{**paths.__dict__, "graph_dir": graph})
+    assert ablation.inputs_fingerprint(params, copied) == reference
+    (graph / "cooccurrence.npy").write_bytes(b"changed")
+    assert ablation.inputs_fingerprint(params, copied) != reference
