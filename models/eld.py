@@ -26,7 +26,9 @@ scale (|H^(2)_c| ~ 8, |F| ~ 20) makes the first SGD steps at the paper's lr 0.01
 the backbone trains from scratch (the loss went 7.6 -> 1900 in 8 steps on the demo data; with
 the temperature it falls from 0.14). A constant factor changes neither the ranking of scores
 nor what the network can express (it is a reparametrisation of W^(1)); set `scaled: false`
-for eq. 8 verbatim, e.g. with pretrained features and a smaller lr.
+for eq. 8 verbatim, e.g. with pretrained features and a smaller lr. The "ELD off" ablation's
+linear classifier uses the same temperature (models/rrla.py), so that ablation removes the
+graph and nothing else.
 
 P, Z and Â are buffers: they travel in the state_dict. `set_edge_params(t, p)` recomputes Â
 from the stored P, so a sweep over t and p never recomputes the co-occurrence statistics.

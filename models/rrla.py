@@ -5,7 +5,7 @@ Region-Level Analysis", Li, Dong, Wang), registered as `rrla`.
     objects O_A [B,N,2048] + boxes + person box --BOA(B_A)--> W3 O_B [B,2048]
     F = [B_A ; W3 O_B]  (4096)
     multilabel + ELD on : ŷ = H^(2) F   (models/eld.py)
-    multilabel, ELD off : ŷ = Linear(4096 -> C) F
+    multilabel, ELD off : ŷ = Linear(4096 -> C) F / s   (s = sqrt(4096) when model.eld.scaled, else 1)
     multiclass (CAER-S) : logits = Linear(4096 -> C) F   (the paper's CAER-S head; ELD is not
                           used for single-label data whatever model.eld.enabled says)
 
@@ -17,6 +17,12 @@ Ablation switches (paper Table 4), each of which changes the module tree, not ju
 `bpa.enabled: false` (no SE block), `boa.enabled: false` (EqualObjectPooling: mean of the
 valid objects, no W1/W2/W_G), `boa.geometry: false` (no W_G; boxes are not read),
 `eld.enabled: false` (linear classifier), `backbone.name` (resnet50 | resnet18 | mobilenet_v2).
+
+The "ELD off" classifier keeps ELD's score temperature s (models/eld.py, `model.eld.scaled`):
+the ablation removes the label graph, not the scaling that makes the head trainable at the
+shared learning rate. Without it the free 4096-d classifier diverged on the demo data at
+lr 0.1 (train loss 8-24 for all ten epochs while the full model's fell to 0.08), so "no ELD"
+measured an unstable optimiser, not the missing label dependencies.
 
 Precomputed body maps (the sweep's frozen-backbone fast path): after
 `set_body_input("feature_map")` the `body` argument of `forward`/`fused_feature` is the
@@ -109,6 +115,8 @@ class RelationalRegionLevelNet(nn.Module):
                 )
         else:
             self.classifier = nn.Linear(FUSED_FEATURE_DIM, num_classes)
+        scaled_scores = task == "multilabel" and self.eld is None and cfg.eld.scaled
+        self.classifier_scale = 1.0 / float(np.sqrt(FUSED_FEATURE_DIM)) if scaled_scores else 1.0
 
     @property
     def embedding_dim(self) -> int | None:
@@ -186,8 +194,10 @@ class RelationalRegionLevelNet(nn.Module):
         person_box: torch.Tensor,
     ) -> ModelOutput:
         fused, attention = self.fused_feature(body, obj_feats, obj_boxes, obj_mask, person_box)
-        head = self.eld if self.eld is not None else self.classifier
-        return ModelOutput(logits=head(fused), attention=attention)
+        if self.eld is not None:
+            return ModelOutput(logits=self.eld(fused), attention=attention)
+        # getattr: models pickled before the scale existed had none
+        return ModelOutput(logits=self.classifier(fused) * getattr(self, "classifier_scale", 1.0), attention=attention)
 
 
 def _check_inputs(

@@ -13,6 +13,7 @@ graph) must exist: run `dvc repro evaluate` (or `make demo`) first.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import time
 from pathlib import Path
@@ -41,10 +42,25 @@ def variant_params(base: dict[str, Any], variant: str, seed: int | None = None):
 RESULT_FILE = "result.json"
 
 
+CODE_PACKAGES = ("models", "stages")
+
+
+def code_fingerprint() -> str:
+    """sha256 over the source of the packages that train and evaluate a model."""
+    digest = hashlib.sha256()
+    for package in CODE_PACKAGES:
+        folder = Path(importlib.import_module(package).__file__).parent
+        for file in sorted(folder.rglob("*.py")):
+            digest.update(f"{file.relative_to(folder.parent)}".encode() + file.read_bytes())
+    return digest.hexdigest()
+
+
 def inputs_fingerprint(params, paths) -> str:
-    """What a finished variant run depends on: its full params, the manifests and label graph
-    (by content) and the stored object features (by file name and size)."""
+    """What a finished variant run depends on: its full params, the code that trains and
+    evaluates it, the manifests and label graph (by content) and the stored object features
+    (by file name and size)."""
     digest = hashlib.sha256(json.dumps(params_to_dict(params), sort_keys=True).encode())
+    digest.update(code_fingerprint().encode())
     for folder in (paths.manifest_dir, paths.graph_dir):
         for file in sorted(Path(folder).glob("*")):
             if file.is_file():
@@ -60,7 +76,7 @@ def run_variant(base: dict[str, Any], variant: str, out_root: Path, seed: int | 
     """Train and evaluate one variant with one seed (params' own seed when None) into
     `out_root/<variant>/seed<k>/`.
 
-    A run that finished before with the same params and data is not trained again (its
+    A run that finished before with the same params, code and data is not trained again (its
     `result.json` is read back), so an interrupted `ctxemo ablate` continues where it stopped
     and adding a seed trains only the new runs; `reuse=False` trains everything.
     """

@@ -109,7 +109,7 @@ def configure(
 def ablate(
     variant: list[str] = typer.Option(None, "--variant", help="full | no_boa | no_bpa | no_eld | no_geometry (repeatable; default all)"),
     seed: list[int] = typer.Option(None, "--seed", help="train each variant with this seed (repeatable; default: params' seed)"),
-    fresh: bool = typer.Option(False, "--fresh", help="retrain runs that finished before with the same params and data"),
+    fresh: bool = typer.Option(False, "--fresh", help="retrain runs that finished before with the same params, code and data"),
     params_file: Path = typer.Option(Path("params.yaml"), "--params"),
 ) -> None:
     """Train and evaluate the paper's ablations on the same data; write reports/ablations.{md,json}."""

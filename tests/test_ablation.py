@@ -90,3 +90,18 @@ def test_the_fingerprint_of_a_finished_run_follows_params_and_data(tiny_workspac
     assert ablation.inputs_fingerprint(params, copied) == reference
     (graph / "cooccurrence.npy").write_bytes(b"changed")
     assert ablation.inputs_fingerprint(params, copied) != reference
+
+
+def test_the_code_fingerprint_covers_the_model_and_stage_sources(monkeypatch):
+    from pathlib import Path
+
+    reference = ablation.code_fingerprint()
+    assert ablation.code_fingerprint() == reference
+    original = Path.read_bytes
+
+    def edited(path):  # models/rrla.py as if someone had changed a line
+        data = original(path)
+        return data + b"# edit" if path.name == "rrla.py" else data
+
+    monkeypatch.setattr(Path, "read_bytes", edited)
+    assert ablation.code_fingerprint() != reference

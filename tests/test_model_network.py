@@ -191,7 +191,12 @@ def test_eld_off_is_a_linear_classifier_on_f_and_eld_on_is_h2_times_f():
     inputs = make_inputs()
     with torch.no_grad():
         fused, _ = without.fused_feature(*inputs)
-        assert torch.allclose(without(*inputs).logits, fused @ without.classifier.weight.T + without.classifier.bias)
+        linear = fused @ without.classifier.weight.T + without.classifier.bias
+        # the same score temperature as ELD (model.eld.scaled): the ablation removes only the graph
+        assert torch.allclose(without(*inputs).logits, linear / 4096 ** 0.5, atol=1e-6)
+        unscaled = make_model(small_config(eld__enabled=False, eld__scaled=False)).eval()
+        unscaled.load_state_dict(without.state_dict())
+        assert torch.allclose(unscaled(*inputs).logits, linear, atol=1e-5)
         fused, _ = with_eld.fused_feature(*inputs)
         eld = with_eld.eld
         hidden = torch.nn.functional.leaky_relu(eld.adjacency @ eld.label_embeddings @ eld.gcn1.weight.T, 0.2)
@@ -217,6 +222,7 @@ def test_multiclass_head_is_one_fc_layer_even_with_eld_enabled():
     assert model.eld is None
     assert model.classifier.weight.shape == (CAERS_CLASSES, 4096)
     assert model_spec(model)["embedding_dim"] is None
+    assert model.classifier_scale == 1.0  # the paper's CAER-S FC layer, unscaled
 
 
 def test_eld_without_graph_inputs_is_a_clear_error():
