@@ -7,7 +7,7 @@ where `dvc repro objects cooccurrence embeddings` has run; default: the current 
 for 1 and 2 Ray workers, each with the real DataLoader (JPEG decode + crop + resize in
 loader workers, memmapped object features) and with every item pre-decoded in memory.
 Reports samples/s of the last epoch, the loader overhead ratio and the peak resident memory
-of all Ray processes, to reports/bench_train.json.
+(PSS, and the RSS sum) of all Ray processes, to reports/bench_train.json.
 """
 from __future__ import annotations
 
@@ -23,21 +23,43 @@ import psutil
 
 
 class PeakMemory:
-    """Peak summed RSS of this process and every Ray process, sampled every 0.2 s."""
+    """Peak memory of this process and every Ray process (incl. their DataLoader workers),
+    sampled every 0.5 s.
+
+    Two sums: RSS, which counts a shared page once per process that maps it (torch's shared
+    tensors, forked loader workers, the object store), so it overstates; and PSS, which
+    splits every shared page between the processes sharing it: the memory really in use.
+    """
 
     def __init__(self):
-        self.peak, self._stop = 0, threading.Event()
+        self.peak_rss, self.peak_pss, self._stop = 0, 0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _processes(self):
+        me = psutil.Process()
+        found = {me.pid: me}
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if "ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd or "ray/_private" in cmd:
+                found[proc.pid] = proc
+                try:
+                    found.update({child.pid: child for child in proc.children(recursive=True)})
+                except psutil.Error:
+                    pass
+        return found.values()
 
     def _run(self):
         while not self._stop.is_set():
-            total = 0
-            for proc in psutil.process_iter(["cmdline", "memory_info"]):
-                cmd = " ".join(proc.info["cmdline"] or [])
-                if proc.pid == os.getpid() or "ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd:
-                    total += proc.info["memory_info"].rss if proc.info["memory_info"] else 0
-            self.peak = max(self.peak, total)
-            self._stop.wait(0.2)
+            rss = pss = 0
+            for proc in self._processes():
+                try:
+                    info = proc.memory_full_info()
+                except psutil.Error:  # exited between listing and reading
+                    continue
+                rss += info.rss
+                pss += getattr(info, "pss", info.rss)
+            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+            self._stop.wait(0.5)
 
     def __enter__(self):
         self._thread.start()
@@ -74,7 +96,7 @@ def measure(params_dict: dict, workers: int, preload: bool, epochs: int) -> dict
     last = result.metrics
     return {"workers": workers, "loader": "in-memory" if preload else "dataloader",
             "samples_per_s": round(last["train_samples_per_s"], 2), "wall_s": round(seconds, 1),
-            "peak_rss_mib": round(memory.peak / 2**20)}
+            "peak_pss_mib": round(memory.peak_pss / 2**20), "peak_rss_sum_mib": round(memory.peak_rss / 2**20)}
 
 
 def main() -> None:
@@ -106,7 +128,9 @@ def main() -> None:
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "params": {k: params_dict["train"][k] for k in ("batch_size", "loader_workers")},
               "model": params_dict["model"], "epochs": args.epochs, "rows": rows,
-              "note": "samples/s of the last epoch; loader_overhead_ratio = in-memory / dataloader samples/s"}
+              "note": "samples/s of the last epoch; loader_overhead_ratio = in-memory / dataloader samples/s; "
+                      "peak_pss_mib: proportional set size summed over this process and all Ray processes "
+                      "(shared pages split between sharers); peak_rss_sum_mib counts shared pages per process"}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"written {out}")

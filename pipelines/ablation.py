@@ -91,7 +91,7 @@ def run_variant(base: dict[str, Any], variant: str, out_root: Path, seed: int | 
     if reuse and finished.is_file():
         record = json.loads(finished.read_text())
         if record.get("fingerprint") == fingerprint:
-            print(f"[ablate] {variant} seed {seed}: finished before with the same params and data, "
+            print(f"[ablate] {variant} seed {seed}: finished before with the same params, code and data, "
                   f"reusing {finished}", flush=True)
             return {**record["row"], "reused": True}
     started = time.perf_counter()
