@@ -110,6 +110,8 @@ def ablate(
     variant: list[str] = typer.Option(None, "--variant", help="full | no_boa | no_bpa | no_eld | no_geometry (repeatable; default all)"),
     seed: list[int] = typer.Option(None, "--seed", help="train each variant with this seed (repeatable; default: params' seed)"),
     fresh: bool = typer.Option(False, "--fresh", help="retrain runs that finished before with the same params, code and data"),
+    frozen_backbone: bool = typer.Option(False, "--frozen-backbone",
+                                         help="backbone maps computed once, the rest trains (train.frozen_backbone)"),
     params_file: Path = typer.Option(Path("params.yaml"), "--params"),
 ) -> None:
     """Train and evaluate the paper's ablations on the same data; write reports/ablations.{md,json}."""
@@ -119,11 +121,12 @@ def ablate(
 
     try:
         result = ablation.run(read_yaml(params_file), variant or tuple(ablation.VARIANTS), seed or None,
-                              reuse=not fresh)
+                              reuse=not fresh, frozen_backbone=frozen_backbone)
     except (UserError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(result["markdown"])
-    typer.echo("written: reports/ablations.md, reports/ablations.json")
+    report = Path(result["report"])
+    typer.echo(f"written: {report}, {report.with_suffix('.json')}")
 
 
 @app.command()
@@ -201,13 +204,16 @@ def retrain(
 def ablate_flow(
     variant: list[str] = typer.Option(None, "--variant", help="full | no_boa | no_bpa | no_eld | no_geometry (repeatable; default all)"),
     seed: list[int] = typer.Option(None, "--seed", help="train each variant with this seed (repeatable; default: params' seed)"),
+    frozen_backbone: bool = typer.Option(False, "--frozen-backbone",
+                                         help="backbone maps computed once, the rest trains (train.frozen_backbone)"),
     params_file: Path = typer.Option(Path("params.yaml"), "--params"),
 ) -> None:
     """The ablations as a Prefect flow: variants trained in parallel as Ray tasks (RayTaskRunner)."""
     from pipelines import ablation, flows
 
     state = flows.ablations(workspace=str(Path(".").resolve()), variants=variant or list(ablation.VARIANTS),
-                            seeds=seed or None, params_file=str(params_file), return_state=True)
+                            seeds=seed or None, params_file=str(params_file), frozen_backbone=frozen_backbone,
+                            return_state=True)
     if not state.is_completed():
         _fail(f"ablations flow run {state.name}: {state.message}")
     typer.echo(state.result()["markdown"])

@@ -351,25 +351,27 @@ def retrain(workspace: str = ".", pull: bool = False, push: bool = False, promot
 @flow(name="ablations", task_runner=ray_task_runner(), log_prints=True)
 def ablations(workspace: str = ".", variants: list[str] | None = None, seeds: list[int] | None = None,
               params_file: str = "params.yaml", out_root: str = "artifacts/ablations", report_dir: str = "reports",
-              retry_backoff_seconds: float = 10.0, chaos: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The paper's ablations, one Ray task per (variant, seed), side by side; writes reports/ablations.{md,json}."""
+              retry_backoff_seconds: float = 10.0, chaos: dict[str, Any] | None = None,
+              frozen_backbone: bool = False) -> dict[str, Any]:
+    """The paper's ablations, one Ray task per (variant, seed), side by side; writes reports/ablations.{md,json}
+    (reports/ablations_frozen_backbone.{md,json} with a frozen backbone)."""
     from pipelines import ablation
     from stages.params import read_yaml
 
     ws = Path(workspace).resolve()
     variants = ablation.check_variants(variants or ablation.VARIANTS)
-    base = read_yaml(ws / params_file)
+    base = ablation.with_backbone_mode(read_yaml(ws / params_file), frozen_backbone)
     seeds = list(seeds) if seeds else [base.get("seed", 0)]
     forwarded = forwarded_environment(ws)
     step = _step(ablation_step, "ablation", retry_backoff_seconds)
-    out = ws / out_root
+    out = ws / out_root / ablation.output_names(base)[0]
     with _ray_options():
         futures = [step.with_options(task_run_name=f"ablation-{v}-seed{s}").submit(
             base, v, s, str(out), str(ws), forwarded, chaos) for s in seeds for v in variants]
         rows = [future.result() for future in futures]
     markdown, table = ablation.comparison(rows)
-    ablation.write_report(markdown, table, base, ws / report_dir)
-    return {"markdown": markdown, "rows": table}
+    report = ablation.write_report(markdown, table, base, ws / report_dir)
+    return {"markdown": markdown, "rows": table, "report": str(report)}
 
 
 # --------------------------------------------------------------------------- schedules

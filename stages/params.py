@@ -79,6 +79,7 @@ class TrainConfig:
     use_gpu: str | bool = "auto"
     loader_workers: int = 1
     max_failures: int = 2
+    frozen_backbone: bool = False     # backbone maps computed once (stages/body_cache.py); only what follows trains
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ class TrainPaths:
     model_dir: Path = MODEL_DIR
     report_dir: Path = REPORT_DIR
     ray_storage: Path = Path(".ray_results")
+    body_cache_root: Path = Path("data/cache/body")  # train.frozen_backbone's backbone maps
 
     def resolved(self) -> "TrainPaths":
         return TrainPaths(**{k: Path(v).resolve() for k, v in self.__dict__.items()})
@@ -392,8 +393,12 @@ def ray_run_name(prefix: str | None) -> str:
 
 
 def fit(params: Params, paths: TrainPaths, *, mlflow_run: dict[str, str] | None = None,
-        chaos: dict[str, Any] | None = None, run_name: str | None = None):
-    """Run the TorchTrainer; returns the Ray Train Result."""
+        chaos: dict[str, Any] | None = None, run_name: str | None = None, body_cache: str | None = None):
+    """Run the TorchTrainer; returns the Ray Train Result.
+
+    `body_cache`: a folder of precomputed backbone maps (stages/body_cache.py); the workers
+    then train with the backbone frozen (EpochLoop).
+    """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -404,6 +409,8 @@ def fit(params: Params, paths: TrainPaths, *, mlflow_run: dict[str, str] | None 
     config = worker_config(params, paths)
     config["mlflow"] = mlflow_run
     config["chaos"] = chaos
+    if body_cache is not None:
+        config["body_cache"] = str(Path(body_cache).resolve())
     init_ray(include_dashboard=True)
     use_gpu = resolve_use_gpu(params.train.use_gpu)
     if not use_gpu:
@@ -483,7 +490,10 @@ def run(params: Params, paths: TrainPaths, *, track: bool = True, run_name: str 
                              "ctxemo.git_commit": tracking.git_commit() or "unknown", **(tags or {})})
             mlflow.log_dict(params_dict, "config/params.json")
             mlflow_run = {"run_id": active.info.run_id, "tracking_uri": tracking.tracking_uri()}
-        result, config = fit(params, paths, mlflow_run=mlflow_run, run_name=run_name)
+        cache = frozen_backbone_cache(params, paths)
+        if mlflow_run is not None and cache is not None:
+            mlflow.set_tag("ctxemo.body_cache", cache)
+        result, config = fit(params, paths, mlflow_run=mlflow_run, run_name=run_name, body_cache=cache)
         if result.error is not None:
             raise result.error
         exported = export_best(result, config, paths)
@@ -500,6 +510,24 @@ def run(params: Params, paths: TrainPaths, *, track: bool = True, run_name: str 
     summary["seconds"] = round(time.perf_counter() - started, 1)
     (Path(paths.report_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def frozen_backbone_cache(params: Params, paths: TrainPaths) -> str | None:
+    """With `train.frozen_backbone`, the folder of backbone maps for train and val (built now,
+    or reused when the backbone, its weights and the manifests are unchanged); else None.
+
+    float32, so the maps the heads train on are the maps the exported model (which runs its
+    backbone, in eval mode, on crops) computes at evaluation and serving.
+    """
+    if not params.train.frozen_backbone:
+        return None
+    from stages import body_cache
+
+    cache = body_cache.run(params, paths, cache_root=paths.body_cache_root, dtype="float32",
+                           log=lambda line: print(f"[train] {line}", flush=True))
+    print(f"[train] frozen backbone: maps in {cache['dir']} (built {cache['built'] or 'nothing'}, "
+          f"reused {cache['reused'] or 'nothing'})", flush=True)
+    return str(cache["dir"])
 
 
 def _log_model(exported: dict[str, Any], paths: TrainPaths) -> None:

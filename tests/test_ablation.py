@@ -105,3 +105,25 @@ def test_the_code_fingerprint_covers_the_model_and_stage_sources(monkeypatch):
 
     monkeypatch.setattr(Path, "read_bytes", edited)
     assert ablation.code_fingerprint() != reference
+
+
+def test_frozen_backbone_ablations_keep_their_own_runs_and_report(tiny_workspace, ray_local, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tiny_workspace.root)
+    base = dict(tiny_workspace.params_dict, train={**tiny_workspace.params_dict["train"], "epochs": 1})
+    assert ablation.output_names(base) == ("", "ablations")
+    result = ablation.run(base, ["full", "no_bpa"], seeds=[0], out_root=tmp_path / "abl",
+                          report_dir=tmp_path / "reports", frozen_backbone=True)
+
+    assert result["report"] == str(tmp_path / "reports/ablations_frozen_backbone.md")
+    for variant in ("full", "no_bpa"):
+        finished = json.loads((tmp_path / f"abl/frozen_backbone/{variant}/seed0/result.json").read_text())
+        params = finished["row"]["train"]
+        assert 0.0 <= finished["row"]["test"]["mAP"] <= 1.0 and params["epochs"] == 1
+    report = json.loads((tmp_path / "reports/ablations_frozen_backbone.json").read_text())
+    assert report["params"]["train"]["frozen_backbone"] is True and report["params"]["train"]["loader_workers"] == 0
+    assert "backbone resnet18: frozen" in (tmp_path / "reports/ablations_frozen_backbone.md").read_text()
+    # the trained-backbone report and runs are untouched
+    assert not (tmp_path / "reports/ablations.md").exists() and not (tmp_path / "abl/full").exists()
+    # the variants shared one set of cached maps (same seed, same backbone)
+    assert len(list((tiny_workspace.root / "data/cache/body").glob("*/train.npy"))) == 1

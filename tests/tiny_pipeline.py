@@ -59,6 +59,7 @@ class TinyWorkspace:
             data_root=self.root / "raw", manifest_dir=self.data / "manifest", labels_json=self.data / "labels.json",
             objects_dir=self.data / "objects", graph_dir=self.data / "graph", model_dir=self.root / name / "model",
             report_dir=self.root / name / "reports", ray_storage=self.root / "ray_results",
+            body_cache_root=self.data / "cache" / "body",
         )
 
 
