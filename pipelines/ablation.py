@@ -165,20 +165,32 @@ def comparison(rows: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     return markdown_table(header, [[e[h] for h in header] for e in table]), table
 
 
-def write_report(markdown: str, table: list[dict[str, Any]], base: dict[str, Any], report_dir: Path) -> Path:
+def persons_per_split(manifest_dir: Path = Path("data/manifest")) -> dict[str, int]:
+    """How many persons each split of the data the variants trained on holds (for the report)."""
+    import pyarrow.parquet as pq
+
+    return {split: pq.ParquetFile(Path(manifest_dir) / f"{split}.parquet").metadata.num_rows
+            for split in ("train", "val", "test") if (Path(manifest_dir) / f"{split}.parquet").is_file()}
+
+
+def write_report(markdown: str, table: list[dict[str, Any]], base: dict[str, Any], report_dir: Path,
+                 persons: dict[str, int] | None = None) -> Path:
     """`<stem>.md` and `<stem>.json` in `report_dir` (stem from `output_names`); returns the .md."""
     params = params_from_dict(base)
+    persons = persons or {}
+    counts = f" ({', '.join(f'{n} {split}' for split, n in persons.items())} persons)" if persons else ""
     _, stem = output_names(base)
     backbone = ("frozen (its maps computed once; BPA, BOA, ELD and the heads trained)"
                 if params.train.frozen_backbone else "trained with the rest")
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / f"{stem}.md").write_text(
         "# Ablations (paper Table 4) on the configured data\n\n"
-        f"data: {params.data.root} ({params.data.kind}); backbone {params.model.backbone.name}: {backbone}; "
+        f"data: {params.data.root} ({params.data.kind}){counts}; backbone {params.model.backbone.name}: {backbone}; "
         f"{params.train.epochs} epochs.\n\n" + markdown + "\n\n"
         "test metric: mean over seeds (std: sample standard deviation); delta_vs_full: mean of the per-seed "
         "differences to the full model; full_better_on: seeds on which the full model scored higher.\n")
-    (report_dir / f"{stem}.json").write_text(json.dumps({"rows": table, "params": params_to_dict(params)}, indent=2))
+    (report_dir / f"{stem}.json").write_text(json.dumps(
+        {"rows": table, "persons": persons, "params": params_to_dict(params)}, indent=2))
     return report_dir / f"{stem}.md"
 
 
@@ -199,5 +211,5 @@ def run(base: dict[str, Any], variants: Iterable[str] = tuple(VARIANTS), seeds: 
     out_root = Path(out_root) / output_names(base)[0]
     rows = [run_variant(base, v, out_root, seed, reuse=reuse) for seed in seeds for v in variants]
     markdown, table = comparison(rows)
-    report = write_report(markdown, table, base, report_dir)
+    report = write_report(markdown, table, base, report_dir, persons=persons_per_split())
     return {"markdown": markdown, "rows": table, "report": str(report)}

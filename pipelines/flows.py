@@ -370,7 +370,8 @@ def ablations(workspace: str = ".", variants: list[str] | None = None, seeds: li
             base, v, s, str(out), str(ws), forwarded, chaos) for s in seeds for v in variants]
         rows = [future.result() for future in futures]
     markdown, table = ablation.comparison(rows)
-    report = ablation.write_report(markdown, table, base, ws / report_dir)
+    report = ablation.write_report(markdown, table, base, ws / report_dir,
+                                   persons=ablation.persons_per_split(ws / "data/manifest"))
     return {"markdown": markdown, "rows": table, "report": str(report)}
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines import ablation
@@ -122,7 +123,11 @@ def test_frozen_backbone_ablations_keep_their_own_runs_and_report(tiny_workspace
         assert 0.0 <= finished["row"]["test"]["mAP"] <= 1.0 and params["epochs"] == 1
     report = json.loads((tmp_path / "reports/ablations_frozen_backbone.json").read_text())
     assert report["params"]["train"]["frozen_backbone"] is True and report["params"]["train"]["loader_workers"] == 0
-    assert "backbone resnet18: frozen" in (tmp_path / "reports/ablations_frozen_backbone.md").read_text()
+    header = (tmp_path / "reports/ablations_frozen_backbone.md").read_text().splitlines()[2]
+    assert "backbone resnet18: frozen" in header
+    manifests = tiny_workspace.data / "manifest"
+    counts = {split: len(pq.read_table(manifests / f"{split}.parquet")) for split in ("train", "val", "test")}
+    assert report["persons"] == counts and f"{counts['train']} train, {counts['val']} val" in header
     # the trained-backbone report and runs are untouched
     assert not (tmp_path / "reports/ablations.md").exists() and not (tmp_path / "abl/full").exists()
     # the variants shared one set of cached maps (same seed, same backbone)
