@@ -158,7 +158,7 @@ def comparison(rows: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
             entry.update({"c_f1": _mean_std([runs[s]["test"]["c_f1"] for s in seeds])[0],
                           "o_f1": _mean_std([runs[s]["test"]["o_f1"] for s in seeds])[0],
                           "baseline_mAP": runs[seeds[0]]["test"]["baseline_mAP"]})
-        entry["seconds"] = round(sum(runs[s]["seconds"] for s in seeds) / len(seeds), 1)
+        entry["seconds"] = round(sum(runs[s]["seconds"] for s in seeds) / len(seeds))
         entry["per_seed"] = {str(s): runs[s]["test"][key] for s in seeds}
         table.append(entry)
     header = [h for h in table[0] if h != "per_seed"]
@@ -178,14 +178,14 @@ def write_report(markdown: str, table: list[dict[str, Any]], base: dict[str, Any
     """`<stem>.md` and `<stem>.json` in `report_dir` (stem from `output_names`); returns the .md."""
     params = params_from_dict(base)
     persons = persons or {}
-    counts = f" ({', '.join(f'{n} {split}' for split, n in persons.items())} persons)" if persons else ""
+    counts = f", {' / '.join(f'{n} {split}' for split, n in persons.items())} persons" if persons else ""
     _, stem = output_names(base)
     backbone = ("frozen (its maps computed once; BPA, BOA, ELD and the heads trained)"
                 if params.train.frozen_backbone else "trained with the rest")
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / f"{stem}.md").write_text(
         "# Ablations (paper Table 4) on the configured data\n\n"
-        f"data: {params.data.root} ({params.data.kind}){counts}; backbone {params.model.backbone.name}: {backbone}; "
+        f"data: {params.data.root}, {params.data.kind}{counts}; backbone {params.model.backbone.name}: {backbone}; "
         f"{params.train.epochs} epochs.\n\n" + markdown + "\n\n"
         "test metric: mean over seeds (std: sample standard deviation); delta_vs_full: mean of the per-seed "
         "differences to the full model; full_better_on: seeds on which the full model scored higher.\n")

@@ -127,7 +127,7 @@ def test_frozen_backbone_ablations_keep_their_own_runs_and_report(tiny_workspace
     assert "backbone resnet18: frozen" in header
     manifests = tiny_workspace.data / "manifest"
     counts = {split: len(pq.read_table(manifests / f"{split}.parquet")) for split in ("train", "val", "test")}
-    assert report["persons"] == counts and f"{counts['train']} train, {counts['val']} val" in header
+    assert report["persons"] == counts and f"{counts['train']} train / {counts['val']} val / {counts['test']} test persons" in header
     # the trained-backbone report and runs are untouched
     assert not (tmp_path / "reports/ablations.md").exists() and not (tmp_path / "abl/full").exists()
     # the variants shared one set of cached maps (same seed, same backbone)
