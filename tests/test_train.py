@@ -38,6 +38,9 @@ def test_two_worker_ddp_run_trains_exports_and_tracks_in_mlflow(tiny_workspace, 
     assert all(np.isfinite(h["train_loss"]) and 0.0 <= h["val_map"] <= 1.0 for h in history)
     assert summary["val_map"] == max(h["val_map"] for h in history)
     assert summary["best_epoch"] == int(np.argmax([h["val_map"] for h in history]))
+    # a finished run's Ray checkpoints are gone (the best model is exported and logged)
+    assert summary["checkpoints_dropped"] >= 1
+    assert not [p for p in Path(paths.ray_storage).glob("train-*/checkpoint_*") if p.is_dir()]
 
     package = torch.load(Path(paths.model_dir) / "model.pt", weights_only=False)
     assert package["task"] == "multilabel" and len(package["classes"]) == 26
