@@ -3,16 +3,17 @@
     ctxemo ablate                       # full, no BOA, no BPA, no ELD, no geometry
     ctxemo ablate --variant full --variant no_eld
     ctxemo ablate --seed 0 --seed 1 --seed 2     # each variant with three seeds: mean, std, paired gaps
-    ctxemo ablate --frozen-backbone              # backbone maps computed once, the rest trains: several
-                                                 # times cheaper, for ablations on larger data
+    ctxemo ablate --frozen-backbone              # backbone maps computed once, the rest trains: about
+                                                 # twice as fast here, for ablations on larger data
 
 Each variant is params.yaml with one switch flipped, trained by the same training stage
 (stages.train.run, Ray Train) and evaluated by the same evaluation (stages.evaluate.run)
 into `artifacts/ablations/<variant>/seed<k>/`; the comparison goes to `reports/ablations.md` and
 `reports/ablations.json`. With a frozen backbone (`train.frozen_backbone`, which
 `--frozen-backbone` sets) the runs go to `artifacts/ablations/frozen_backbone/` and the
-comparison to `reports/ablations_frozen_backbone.{md,json}`, so both kinds coexist. The stage outputs the variants need (manifest, objects, label
-graph) must exist: run `dvc repro evaluate` (or `make demo`) first.
+comparison to `reports/ablations_frozen_backbone.{md,json}`, so both kinds coexist. The stage
+outputs the variants need (manifest, objects, label graph) must exist: run `dvc repro evaluate`
+(or `make demo`) first.
 """
 from __future__ import annotations
 
