@@ -1,28 +1,20 @@
-"""Model registry, the one factory, and the checkpoint spec.
+"""The model registry: names to builders, and nothing else.
 
-`params.yaml: model.name` picks a builder registered with `@register_model(name)`.
+A model family registers its builder with `@register_model("name")` when its module is
+imported; `models/factory.py` imports the families and builds them. This module imports no
+model (the register/factory split timm uses), so a model module can import it without a cycle.
+
 A builder takes `(cfg, *, num_classes, task, cooccurrence, label_embeddings, load_pretrained)`
 and returns an nn.Module that carries `config` (its ModelConfig), `num_classes`, `task` and
-`embedding_dim` (d_z of the label embeddings it holds, None if it holds none): that is all
-`model_spec` needs to rebuild it.
-
-A checkpoint stores `model_spec(model)` (a JSON-able dict) next to `model.state_dict()`;
-`model_from_checkpoint(spec, state_dict)` rebuilds the same network without reading any
-file or downloading weights (every tensor, the label-graph buffers included, comes from the
-state_dict) and returns it in eval mode.
+`embedding_dim` (d_z of the label embeddings it holds, None if it holds none).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
-import numpy as np
-import torch
 from torch import nn
 
-from models.config import ConfigError, ModelConfig, from_dict, to_dict
-
-TASKS = ("multilabel", "multiclass")
-SPEC_FORMAT = "ctxemo.model_spec/1"
+from models.config import ConfigError
 
 Builder = Callable[..., nn.Module]
 _REGISTRY: dict[str, Builder] = {}
@@ -38,96 +30,12 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
     return decorate
 
 
-def _load_builtin_models() -> None:
-    # Imported here, not at module top: the model modules import register_model from here.
-    import models.rrla  # noqa: F401
-
-
-def available_models() -> tuple[str, ...]:
-    _load_builtin_models()
+def registered_models() -> tuple[str, ...]:
+    """Names registered so far (models/factory.py imports every built-in family first)."""
     return tuple(sorted(_REGISTRY))
 
 
-def build_model(
-    cfg: ModelConfig,
-    *,
-    num_classes: int,
-    task: str,
-    cooccurrence: np.ndarray | torch.Tensor | None = None,
-    label_embeddings: np.ndarray | torch.Tensor | None = None,
-    load_pretrained: bool = True,
-) -> nn.Module:
-    """Build the network `cfg.name` for `num_classes` classes.
-
-    task: "multilabel" (EMOTIC) or "multiclass" (CAER-S). `load_pretrained=False` skips the
-    backbone's pretrained weights (model_from_checkpoint uses it; training leaves it True).
-    """
-    _load_builtin_models()
-    if cfg.name not in _REGISTRY:
-        raise ConfigError(f"model.name: unknown model {cfg.name!r}; available: {sorted(_REGISTRY)}")
-    if task not in TASKS:
-        raise ConfigError(f"task must be one of {TASKS}, got {task!r}")
-    if num_classes < 1 or (task == "multiclass" and num_classes < 2):
-        raise ConfigError(f"num_classes={num_classes} is too small for a {task} model")
-    return _REGISTRY[cfg.name](
-        cfg,
-        num_classes=num_classes,
-        task=task,
-        cooccurrence=cooccurrence,
-        label_embeddings=label_embeddings,
-        load_pretrained=load_pretrained,
-    )
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DistributedDataParallel (and DataParallel) keep the real network in `.module`.
-    while isinstance(getattr(model, "module", None), nn.Module):
-        model = model.module
-    return model
-
-
-def model_spec(model: nn.Module) -> dict[str, Any]:
-    """Everything `model_from_checkpoint` needs besides the state_dict (JSON-able)."""
-    model = _unwrap(model)
-    for attr in ("config", "num_classes", "task", "embedding_dim"):
-        if not hasattr(model, attr):
-            raise TypeError(f"{type(model).__name__} was not built by build_model (no .{attr})")
-    return {
-        "format": SPEC_FORMAT,
-        "config": to_dict(model.config),
-        "num_classes": int(model.num_classes),
-        "task": model.task,
-        "embedding_dim": None if model.embedding_dim is None else int(model.embedding_dim),
-    }
-
-
-def model_from_checkpoint(spec: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> nn.Module:
-    """Rebuild the network described by `spec` and load `state_dict` into it (strict)."""
-    if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
-        found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
-        raise ConfigError(f"checkpoint model spec: expected format {SPEC_FORMAT!r}, got {found!r}")
-    missing = [k for k in ("config", "num_classes", "task", "embedding_dim") if k not in spec]
-    if missing:
-        raise ConfigError(f"checkpoint model spec lacks {missing}")
-    cfg = from_dict(ModelConfig, spec["config"], "checkpoint.config")
-    num_classes, embedding_dim = int(spec["num_classes"]), spec["embedding_dim"]
-    cooccurrence = label_embeddings = None
-    if embedding_dim is not None:
-        # Placeholders of the right shape: the real P, Z and Â come from the state_dict.
-        cooccurrence = torch.zeros(num_classes, num_classes)
-        label_embeddings = torch.zeros(num_classes, int(embedding_dim))
-    model = build_model(
-        cfg,
-        num_classes=num_classes,
-        task=spec["task"],
-        cooccurrence=cooccurrence,
-        label_embeddings=label_embeddings,
-        load_pretrained=False,
-    )
-    if state_dict and all(key.startswith("module.") for key in state_dict):
-        state_dict = {key[len("module."):]: value for key, value in state_dict.items()}
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as exc:
-        raise ConfigError(f"checkpoint state_dict does not match its model spec: {exc}") from exc
-    return model.eval()
+def model_builder(name: str) -> Builder:
+    if name not in _REGISTRY:
+        raise ConfigError(f"model.name: unknown model {name!r}; available: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]

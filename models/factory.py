@@ -1,0 +1,113 @@
+"""The one factory and the checkpoint spec.
+
+`params.yaml: model.name` picks a builder registered with `@register_model(name)`
+(models/registry.py); this module imports every built-in model family so that their
+builders are registered before `build_model` looks one up. A built model carries `config`,
+`num_classes`, `task` and `embedding_dim`: that is all `model_spec` needs to rebuild it.
+
+A checkpoint stores `model_spec(model)` (a JSON-able dict) next to `model.state_dict()`;
+`model_from_checkpoint(spec, state_dict)` rebuilds the same network without reading any
+file or downloading weights (every tensor, the label-graph buffers included, comes from the
+state_dict) and returns it in eval mode.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models import rrla  # noqa: F401  (a built-in model family: importing it registers "rrla")
+from models.config import ConfigError, ModelConfig, from_dict, to_dict
+from models.registry import model_builder, registered_models
+
+TASKS = ("multilabel", "multiclass")
+SPEC_FORMAT = "ctxemo.model_spec/1"
+
+
+def available_models() -> tuple[str, ...]:
+    return registered_models()
+
+
+def build_model(
+    cfg: ModelConfig,
+    *,
+    num_classes: int,
+    task: str,
+    cooccurrence: np.ndarray | torch.Tensor | None = None,
+    label_embeddings: np.ndarray | torch.Tensor | None = None,
+    load_pretrained: bool = True,
+) -> nn.Module:
+    """Build the network `cfg.name` for `num_classes` classes.
+
+    task: "multilabel" (EMOTIC) or "multiclass" (CAER-S). `load_pretrained=False` skips the
+    backbone's pretrained weights (model_from_checkpoint uses it; training leaves it True).
+    """
+    builder = model_builder(cfg.name)
+    if task not in TASKS:
+        raise ConfigError(f"task must be one of {TASKS}, got {task!r}")
+    if num_classes < 1 or (task == "multiclass" and num_classes < 2):
+        raise ConfigError(f"num_classes={num_classes} is too small for a {task} model")
+    return builder(
+        cfg,
+        num_classes=num_classes,
+        task=task,
+        cooccurrence=cooccurrence,
+        label_embeddings=label_embeddings,
+        load_pretrained=load_pretrained,
+    )
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # DistributedDataParallel (and DataParallel) keep the real network in `.module`.
+    while isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    return model
+
+
+def model_spec(model: nn.Module) -> dict[str, Any]:
+    """Everything `model_from_checkpoint` needs besides the state_dict (JSON-able)."""
+    model = _unwrap(model)
+    for attr in ("config", "num_classes", "task", "embedding_dim"):
+        if not hasattr(model, attr):
+            raise TypeError(f"{type(model).__name__} was not built by build_model (no .{attr})")
+    return {
+        "format": SPEC_FORMAT,
+        "config": to_dict(model.config),
+        "num_classes": int(model.num_classes),
+        "task": model.task,
+        "embedding_dim": None if model.embedding_dim is None else int(model.embedding_dim),
+    }
+
+
+def model_from_checkpoint(spec: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """Rebuild the network described by `spec` and load `state_dict` into it (strict)."""
+    if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
+        found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
+        raise ConfigError(f"checkpoint model spec: expected format {SPEC_FORMAT!r}, got {found!r}")
+    missing = [k for k in ("config", "num_classes", "task", "embedding_dim") if k not in spec]
+    if missing:
+        raise ConfigError(f"checkpoint model spec lacks {missing}")
+    cfg = from_dict(ModelConfig, spec["config"], "checkpoint.config")
+    num_classes, embedding_dim = int(spec["num_classes"]), spec["embedding_dim"]
+    cooccurrence = label_embeddings = None
+    if embedding_dim is not None:
+        # Placeholders of the right shape: the real P, Z and Â come from the state_dict.
+        cooccurrence = torch.zeros(num_classes, num_classes)
+        label_embeddings = torch.zeros(num_classes, int(embedding_dim))
+    model = build_model(
+        cfg,
+        num_classes=num_classes,
+        task=spec["task"],
+        cooccurrence=cooccurrence,
+        label_embeddings=label_embeddings,
+        load_pretrained=False,
+    )
+    if state_dict and all(key.startswith("module.") for key in state_dict):
+        state_dict = {key[len("module."):]: value for key, value in state_dict.items()}
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(f"checkpoint state_dict does not match its model spec: {exc}") from exc
+    return model.eval()
