@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.params import load_params
 from models import build_loss, build_model
 from models.config import replace_path
-from stages.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 26

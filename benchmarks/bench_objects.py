@@ -2,8 +2,8 @@
 
     python benchmarks/bench_objects.py [--images 48] [--out reports/bench_objects.json]
 
-Generates a demo data set (stages.data.synth, 320x240 images), ingests it into a manifest, then
-runs `stages.objects.run` on all its images with the params.yaml objects settings
+Generates a demo data set (core.synth, 320x240 images), ingests it into a manifest, then
+runs `core.features.objects.run` on all its images with the params.yaml objects settings
 (dataset boxes), with engine="local" (one process, torch using every core) and with
 engine="ray" (Ray Data map_batches, one single-threaded actor per CPU). Reports images/s (wall
 time of run(), model construction and Ray actor start-up included; ray.init timed separately;
@@ -32,10 +32,14 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stages import ingest, objects  # noqa: E402
-from stages.data.synth import generate  # noqa: E402
-from stages.params import load_params  # noqa: E402
-from stages.ray_utils import init_ray  # noqa: E402
+from core.data import ingest
+from core.data.manifest import SPLITS  # noqa: E402
+from core.features import objects  # noqa: E402
+from core.features.inputs import read_split_manifest  # noqa: E402
+from core.features.shards import ARRAY_NAMES  # noqa: E402
+from core.params import load_params  # noqa: E402
+from core.ray_utils import init_ray  # noqa: E402
+from core.synth import generate  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -110,7 +114,7 @@ def timed_run(params, work: Path, engine: str) -> dict:
     shutil.rmtree(shard_root, ignore_errors=True)
     with MemorySampler() as sampler:
         start = time.perf_counter()
-        summary = objects.run(params, objects.SPLITS, out_dir, manifest_dir=work / "data" / "manifest",
+        summary = objects.run(params, SPLITS, out_dir, manifest_dir=work / "data" / "manifest",
                               shard_root=shard_root, engine=engine, log=lambda line: print(line, flush=True))
         seconds = time.perf_counter() - start
     return {"seconds": seconds, "execution": summary["execution"], **sampler.report(), "out_dir": out_dir}
@@ -140,9 +144,9 @@ def main(argv=None) -> None:
     generate(raw, args.images, base.synth.seed, "emotic")
     params = dataclasses.replace(base, data=dataclasses.replace(base.data, root=str(raw), verify_images=False))
     ingest.run(params.data, params.seed, work / "data")
-    n_images = sum(len(set(objects.read_split_manifest(s, work / "data" / "manifest")["image_path"]))
-                   for s in objects.SPLITS)
-    n_persons = sum(len(objects.read_split_manifest(s, work / "data" / "manifest")) for s in objects.SPLITS)
+    n_images = sum(len(set(read_split_manifest(s, work / "data" / "manifest")["image_path"]))
+                   for s in SPLITS)
+    n_persons = sum(len(read_split_manifest(s, work / "data" / "manifest")) for s in SPLITS)
 
     load_before = os.getloadavg()
     local = best_of(params, work, "local", args.repeats)
@@ -160,12 +164,12 @@ def main(argv=None) -> None:
 
     identical = all(
         np.array_equal(np.load(local["out_dir"] / s / f"{name}.npy"), np.load(distributed["out_dir"] / s / f"{name}.npy"))
-        for s in objects.SPLITS for name in objects.ARRAY_NAMES)
+        for s in SPLITS for name in ARRAY_NAMES)
     # Different torch thread counts may round differently; say by how much.
     feature_diff = max(
         float(np.abs(np.load(local["out_dir"] / s / "features.npy").astype(np.float32)
                      - np.load(distributed["out_dir"] / s / "features.npy").astype(np.float32)).max(initial=0.0))
-        for s in objects.SPLITS)
+        for s in SPLITS)
     for result in (local, distributed):
         result["images_per_s"] = round(n_images / result["seconds"], 3)
         result["cpu_seconds_per_image"] = round(result["cpu_seconds"] / n_images, 3)

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_train.py [--workspace DIR] [--epochs 2]
 
-Runs the training stage's Ray Train loop (stages/train.py) on an existing workspace (one
+Runs the training stage's Ray Train loop (core/training/loop.py) on an existing workspace (one
 where `dvc repro objects cooccurrence embeddings` has run; default: the current directory)
 for 1 and 2 Ray workers, each with the real DataLoader (JPEG decode + crop + resize in
 loader workers, memmapped object features) and with every item pre-decoded in memory.
@@ -73,12 +73,13 @@ class PeakMemory:
 def measure(params_dict: dict, workers: int, preload: bool, epochs: int) -> dict:
     import ray
 
-    from stages import train
-    from stages.params import apply_overrides, params_from_dict
+    from core.params import apply_overrides, params_from_dict
+    from core.training import inputs, loop, trainer
+    from core.workspace import Workspace
 
     params = params_from_dict(apply_overrides(params_dict, {"train.num_workers": workers, "train.epochs": epochs}))
-    paths = train.TrainPaths(data_root=Path(params.data.root), ray_storage=Path(".ray_results/bench"))
-    config = train.worker_config(params, paths)
+    paths = Workspace.at(data_root=params.data.root, ray_storage=Path(".ray_results/bench"))
+    config = inputs.worker_config(params, paths)
     config["preload"] = preload
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -87,9 +88,9 @@ def measure(params_dict: dict, workers: int, preload: bool, epochs: int) -> dict
     with PeakMemory() as memory:
         started = time.perf_counter()
         result = TorchTrainer(
-            train.train_loop_per_worker, train_loop_config=config,
+            loop.train_loop_per_worker, train_loop_config=config,
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=False),
-            run_config=RunConfig(name=train.ray_run_name(f"bench-{workers}w"),
+            run_config=RunConfig(name=trainer.ray_run_name(f"bench-{workers}w"),
                                  storage_path=str(paths.resolved().ray_storage)),
         ).fit()
         seconds = time.perf_counter() - started
@@ -109,9 +110,9 @@ def main() -> None:
     out = args.out.resolve()
     os.chdir(args.workspace)
 
-    from pipelines.env import apply_embedded_defaults
-    from stages.params import read_yaml
-    from stages.ray_utils import init_ray
+    from core.env import apply_embedded_defaults
+    from core.params import read_yaml
+    from core.ray_utils import init_ray
 
     apply_embedded_defaults()
     init_ray(include_dashboard=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.errors import UserError
+from core.errors import UserError
 
 
 @dataclass
@@ -57,7 +57,7 @@ def predict_loader(model, loader, device="cpu", with_attention: bool = False):
     """
     import torch
 
-    from stages.data.dataset import model_inputs
+    from core.data.dataset import model_inputs
 
     model.eval()
     indices, scores, attention = [], [], []

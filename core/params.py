@@ -1,125 +1,130 @@
 """Read params.yaml into typed, frozen configs (one per section).
 
 Every stage calls `load_params()` once in its `main()` and passes the typed sections to
-its pure `run()`. Unknown keys anywhere are an error (models.config.from_dict).
+its pure `run()`. params.yaml is the only home of the values: these dataclasses have no
+defaults, and an unknown or a missing key anywhere is an error naming the dotted key
+(models.config.from_dict). Ray workers receive the frozen `Params`, never a dict.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from core.workspace import DEFAULT_WORKSPACE
 from models.config import ConfigError, ModelConfig, from_dict, to_dict
 
-DEFAULT_PARAMS = Path("params.yaml")
+DEFAULT_PARAMS = DEFAULT_WORKSPACE.params_file
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    kind: str = "emotic"
-    root: str = "data/raw/demo"
-    annotations: str | None = "Annotations.mat"
-    val_fraction: float = 0.1
-    verify_images: bool = True
+    kind: str
+    root: str
+    annotations: str | None
+    val_fraction: float
+    verify_images: bool
 
 
 @dataclass(frozen=True)
 class SynthConfig:
-    out: str = "data/raw/demo"
-    format: str = "emotic"
-    images: int = 240
-    seed: int = 0
+    out: str
+    format: str
+    images: int
+    seed: int
 
 
 @dataclass(frozen=True)
 class DetectConfig:
-    face_detector: str = "mtcnn"
-    min_face_size: int = 20
-    face_threshold: float = 0.9
-    batch_size: int = 16
-    haar_min_neighbors: int = 5
-    ray_min_images: int = 100
+    face_detector: str
+    min_face_size: int
+    face_threshold: float
+    batch_size: int
+    haar_min_neighbors: int
+    ray_min_images: int
 
 
 @dataclass(frozen=True)
 class ObjectsConfig:
-    boxes: str = "dataset"
-    boxes_file: str | None = "object_boxes.csv"
-    detector: str = "fasterrcnn_resnet50_fpn"
-    weights: str | None = None
-    allow_random_weights: bool = False
-    score_threshold: float = 0.3
-    top_n: int = 10
-    image_size: int = 320
-    batch_size: int = 4
-    shard_size: int = 64
-    exclude_iou: float = 0.7
-    num_actors: int | None = None     # Ray Data actors; null = one per GPU, else one per CPU
+    boxes: str
+    boxes_file: str | None
+    detector: str
+    weights: str | None
+    allow_random_weights: bool
+    score_threshold: float
+    top_n: int
+    image_size: int
+    batch_size: int
+    shard_size: int
+    exclude_iou: float
+    num_actors: int | None  # Ray Data actors; null = one per GPU, else one per CPU
 
 
 @dataclass(frozen=True)
 class EmbeddingsConfig:
-    source: str = "glove6b50"
-    glove_file: str | None = None
+    source: str
+    glove_file: str | None
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 8
-    batch_size: int = 32
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0005
-    loss: str = "weighted_mse"
-    grad_clip_norm: float | None = 5.0
-    num_workers: int = 1
-    use_gpu: str | bool = "auto"
-    loader_workers: int = 1
-    max_failures: int = 2
-    frozen_backbone: bool = False     # backbone maps computed once (stages/body_cache.py); only what follows trains
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    loss: str
+    grad_clip_norm: float | None
+    num_workers: int
+    use_gpu: str | bool
+    loader_workers: int
+    max_failures: int
+    frozen_backbone: bool  # backbone maps computed once (core/training/body_cache.py); only what follows trains
 
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    model_name: str = "ctxemo-rrla"
-    min_improvement: float = 0.005
+    model_name: str
+    min_improvement: float
 
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """The Ray Tune sweep (pipelines/sweep.py). `space` maps dotted params paths to a
+    """The Ray Tune sweep (pipelines/sweep/). `space` maps dotted params paths to a
     distribution, {choice: [...]} | {uniform: [lo, hi]} | {loguniform: [lo, hi]} |
     {randint: [lo, hi)}, and never repeats a default."""
 
-    num_samples: int = 16
-    max_epochs: int = 8               # per trial; replaces train.epochs inside the sweep
-    grace_period: int = 2             # ASHA: epochs every trial gets before it can be stopped
-    reduction_factor: int = 2         # ASHA: keep the best 1/reduction_factor at each rung
-    searcher: str = "optuna"          # optuna (TPE) | random
-    frozen_backbone: bool = True      # fast path: backbone maps cached once, trials train the heads only
-    cache_dtype: str = "float16"      # float16 | float32: storage of the cached backbone maps
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0       # e.g. 0.5: two trials share a GPU
-    max_concurrent_trials: int | None = None  # null: as many as the cluster's CPUs/GPUs fit
-    max_failures: int = 0             # retries of a crashed trial from its last checkpoint
-    space: dict[str, Any] = field(default_factory=dict)
+    num_samples: int
+    max_epochs: int  # per trial; replaces train.epochs inside the sweep
+    grace_period: int  # ASHA: epochs every trial gets before it can be stopped
+    reduction_factor: int  # ASHA: keep the best 1/reduction_factor at each rung
+    searcher: str  # optuna (TPE) | random
+    frozen_backbone: bool  # fast path: backbone maps cached once, trials train the heads only
+    cache_dtype: str  # float16 | float32: storage of the cached backbone maps
+    cpus_per_trial: float
+    gpus_per_trial: float  # e.g. 0.5: two trials share a GPU
+    max_concurrent_trials: int | None  # null: as many as the cluster's CPUs/GPUs fit
+    max_failures: int  # retries of a crashed trial from its last checkpoint
+    space: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Params:
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    synth: SynthConfig = field(default_factory=SynthConfig)
-    detect: DetectConfig = field(default_factory=DetectConfig)
-    objects: ObjectsConfig = field(default_factory=ObjectsConfig)
-    embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    registry: RegistryConfig = field(default_factory=RegistryConfig)
-    tune: TuneConfig = field(default_factory=TuneConfig)
+    seed: int
+    data: DataConfig
+    synth: SynthConfig
+    detect: DetectConfig
+    objects: ObjectsConfig
+    embeddings: EmbeddingsConfig
+    model: ModelConfig
+    train: TrainConfig
+    registry: RegistryConfig
+    tune: TuneConfig
+
+
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

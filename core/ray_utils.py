@@ -9,8 +9,9 @@ installed in the workers' image (or shipped with a `runtime_env` working_dir).
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Iterator
+
+from core import env
 
 # The object store lives in /dev/shm; Ray's default (30% of RAM) is more than the stages
 # here ever hold at once and starves the DataLoader workers on small machines.
@@ -21,7 +22,7 @@ OBJECT_STORE_MIN_BYTES = 256 * 1024**2
 
 def quiet_ray_env() -> None:
     """Environment every Ray process should see; set before `ray.init` (workers inherit it)."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env.set_default("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def default_object_store_bytes() -> int:
@@ -45,7 +46,7 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None,
     if ray.is_initialized():
         return False
     quiet_ray_env()
-    if os.environ.get("RAY_ADDRESS"):
+    if env.ray_address():
         ray.init(log_to_driver=True)
         return True
     kwargs = {

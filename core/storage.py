@@ -1,7 +1,7 @@
 """Where data, runs and checkpoints live once ctxemo outgrows one machine: S3 settings from the environment.
 
-    python -m stages.settings                  # print the resolved settings (never a secret)
-    python -m stages.settings dvc-remote       # point DVC's default remote at s3://BUCKET/PREFIX/dvc
+    ctxemo storage                  # print the resolved settings (never a secret)
+    ctxemo storage dvc-remote       # point DVC's default remote at s3://BUCKET/PREFIX/dvc
 
 Nothing here is read from a file in the repository: the environment is the only source, so
 the same code runs on a laptop (no variable set: everything stays local, the embedded
@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from stages.errors import UserError
+from core.env import storage_environment
+from core.errors import UserError
 
 DEFAULT_PREFIX = "ctxemo"
 DEFAULT_DVC_REMOTE = "storage"
@@ -87,7 +88,7 @@ class StorageSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "StorageSettings":
-        env = os.environ if environ is None else environ
+        env = storage_environment() if environ is None else environ
         _, bucket = _first(env, "CTXEMO_S3_BUCKET")
         if bucket is not None and not _BUCKET_NAME.match(bucket):
             hint = (" (a bucket name, not a URI: put the key path in CTXEMO_S3_PREFIX)"
@@ -250,27 +251,3 @@ def credential_source() -> str:
 
     credentials = boto3.Session().get_credentials()
     return "none found" if credentials is None else f"found ({credentials.method})"
-
-
-def main(argv: list[str] | None = None) -> int:
-    import json
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        settings = StorageSettings.from_env()
-        if args[:1] == ["dvc-remote"]:
-            name = args[1] if len(args) > 1 else DEFAULT_DVC_REMOTE
-            settings.configure_dvc_remote(".", name)
-            print(f"DVC remote {name!r} -> {settings.dvc_remote_url()} (default)")
-            return 0
-        if args:
-            raise UserError(f"unknown command {' '.join(args)!r}; use no argument or `dvc-remote [NAME]`")
-        print(json.dumps(settings.describe(), indent=2))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

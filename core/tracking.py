@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
-EXPERIMENT = os.environ.get("CTXEMO_MLFLOW_EXPERIMENT", "ctxemo")
+from core import env
 
 
 def tracking_uri(workspace: Path | None = None) -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = env.mlflow_tracking_uri()
     if uri:
         return uri
     workspace = (workspace or Path.cwd()).resolve()
@@ -30,21 +29,22 @@ def artifact_location(workspace: Path | None = None) -> str | None:
     CTXEMO_MLFLOW_ARTIFACT_ROOT wins; with a tracking server and nothing set, the server
     decides (None); locally, the S3 bucket when CTXEMO_S3_BUCKET is set, else `mlartifacts/`.
     """
-    explicit = os.environ.get("CTXEMO_MLFLOW_ARTIFACT_ROOT")
+    explicit = env.mlflow_artifact_root()
     if explicit:
         return explicit
-    if os.environ.get("MLFLOW_TRACKING_URI"):
+    if env.mlflow_tracking_uri():
         return None
-    from stages.settings import StorageSettings
+    from core.storage import StorageSettings
 
     on_s3 = StorageSettings.from_env().mlflow_artifact_root()
     return on_s3 or ((workspace or Path.cwd()).resolve() / "mlartifacts").as_uri()
 
 
-def setup(workspace: Path | None = None, experiment: str = EXPERIMENT) -> str:
+def setup(workspace: Path | None = None, experiment: str | None = None) -> str:
     """Point mlflow at the store and make sure the experiment exists; returns its id."""
     import mlflow
 
+    experiment = experiment or env.mlflow_experiment()
     mlflow.set_tracking_uri(tracking_uri(workspace))
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:

@@ -1,16 +1,17 @@
 """Typed, frozen configs built from plain dicts (the sections of params.yaml).
 
-`from_dict` is strict: an unknown key is an error, a missing key falls back to the
-dataclass default (or is an error when there is none). `to_dict` is its inverse, so a
-config saved inside a checkpoint or an MLflow run rebuilds the exact same object.
-Pure Python: no file I/O here; stages/params.py reads the YAML.
+`from_dict` is strict both ways: an unknown key and a missing key are errors naming the
+dotted key. The configs carry no defaults of their own: params.yaml is the one home of
+every value, so deleting a line there stops a run instead of silently changing it.
+`to_dict` is the inverse, so a config saved inside a checkpoint or an MLflow run rebuilds
+the exact same object. Pure Python: no file I/O here; core/params.py reads the YAML.
 """
 from __future__ import annotations
 
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -44,22 +45,21 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
     if unknown:
         where = path or cls.__name__
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    missing = [f"{path}.{f.name}" if path else f.name for f in dataclasses.fields(cls) if f.name not in data]
+    if missing:
+        raise ConfigError(f"missing key(s) {missing}: every setting lives in params.yaml, none has a default "
+                          "in code (add the key back; `git diff params.yaml` shows what was there)")
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
         value = data[f.name]
         tp = _unwrap_optional(hints[f.name])
         sub = f"{path}.{f.name}" if path else f.name
-        if _is_dataclass_type(tp) and value is not None:
+        if _is_dataclass_type(tp):
             value = from_dict(tp, value, sub)
         elif typing.get_origin(tp) is tuple and isinstance(value, list):
             value = tuple(value)
         kwargs[f.name] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # a required field without default is missing
-        raise ConfigError(f"{path or cls.__name__}: {exc}") from None
+    return cls(**kwargs)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -91,41 +91,41 @@ def replace_path(cfg: T, dotted: str, value: Any) -> T:
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    name: str = "resnet18"            # resnet50 (paper) | resnet18 | mobilenet_v2
-    pretrained: bool = False          # ImageNet weights via torchvision enums (or `weights`)
-    weights: str | None = None        # local state_dict file; wins over the enum
-    input_size: int = 112             # square body crop side in pixels (paper 224)
+    name: str  # resnet50 (paper) | resnet18 | mobilenet_v2
+    pretrained: bool  # ImageNet weights via torchvision enums (or `weights`)
+    weights: str | None  # local state_dict file; wins over the enum
+    input_size: int  # square body crop side in pixels (paper 224)
 
 
 @dataclass(frozen=True)
 class BPAConfig:
-    enabled: bool = True
-    hidden: int = 32                  # SE bottleneck width (see models/bpa.py for the paper reading)
+    enabled: bool
+    hidden: int  # SE bottleneck width (see models/bpa.py for the paper reading)
 
 
 @dataclass(frozen=True)
 class BOAConfig:
-    enabled: bool = True
-    heads: int = 16                   # h in the paper
-    dim: int = 128                    # d of eq. 3 (projection width)
-    geometry: bool = True             # eq. 4 relative-geometry term
-    max_objects: int | None = None    # read only the first N stored objects (None = all)
-    geometry_dim: int = 64            # width of the sin/cos box embedding E(g) (Relation Networks: 64)
+    enabled: bool
+    heads: int  # h in the paper
+    dim: int  # d of eq. 3 (projection width)
+    geometry: bool  # eq. 4 relative-geometry term
+    max_objects: int | None  # read only the first N stored objects (None = all)
+    geometry_dim: int  # width of the sin/cos box embedding E(g) (Relation Networks: 64)
 
 
 @dataclass(frozen=True)
 class ELDConfig:
-    enabled: bool = True
-    t: float = 0.2                    # co-occurrence threshold, eq. 6
-    p: float = 0.2                    # re-weighting, eq. 7
-    hidden: int = 2048                # width of the first GCN layer (d_z -> hidden -> 4096)
-    scaled: bool = True               # scores / sqrt(4096): keeps SGD stable from scratch (models/eld.py)
+    enabled: bool
+    t: float  # co-occurrence threshold, eq. 6
+    p: float  # re-weighting, eq. 7
+    hidden: int  # width of the first GCN layer (d_z -> hidden -> 4096)
+    scaled: bool  # scores / sqrt(4096): keeps SGD stable from scratch (models/eld.py)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "rrla"
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    bpa: BPAConfig = field(default_factory=BPAConfig)
-    boa: BOAConfig = field(default_factory=BOAConfig)
-    eld: ELDConfig = field(default_factory=ELDConfig)
+    name: str
+    backbone: BackboneConfig
+    bpa: BPAConfig
+    boa: BOAConfig
+    eld: ELDConfig

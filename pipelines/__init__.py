@@ -1,0 +1,1 @@
+"""On top of the library: the ctxemo CLI, Prefect flows, Ray Tune sweeps, the registry gate, predict."""

@@ -7,7 +7,7 @@
                                                  # twice as fast here, for ablations on larger data
 
 Each variant is params.yaml with one switch flipped, trained by the same training stage
-(stages.train.run, Ray Train) and evaluated by the same evaluation (stages.evaluate.run)
+(core.training.trainer.run, Ray Train) and evaluated by the same evaluation (core.evaluation.evaluate.run)
 into `artifacts/ablations/<variant>/seed<k>/`; the comparison goes to `reports/ablations.md` and
 `reports/ablations.json`. With a frozen backbone (`train.frozen_backbone`, which
 `--frozen-backbone` sets) the runs go to `artifacts/ablations/frozen_backbone/` and the
@@ -26,8 +26,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from pipelines.report import markdown_table
-from stages.params import apply_overrides, params_from_dict, params_to_dict
+from core.evaluation.report import markdown_table
+from core.params import apply_overrides, params_from_dict, params_to_dict
+from core.workspace import DEFAULT_WORKSPACE, Workspace
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
@@ -60,7 +61,7 @@ def output_names(base: dict[str, Any]) -> tuple[str, str]:
     return "", "ablations"
 
 
-CODE_PACKAGES = ("models", "stages")
+CODE_PACKAGES = ("models", "core", "stages")
 
 
 def code_fingerprint() -> str:
@@ -98,12 +99,15 @@ def run_variant(base: dict[str, Any], variant: str, out_root: Path, seed: int | 
     `result.json` is read back), so an interrupted `ctxemo ablate` continues where it stopped
     and adding a seed trains only the new runs; `reuse=False` trains everything.
     """
-    from stages import evaluate, train
+    from core.evaluation import evaluate
+    from core.training import trainer
 
     seed = base.get("seed", 0) if seed is None else seed
     params = variant_params(base, variant, seed)
     root = out_root / variant / f"seed{seed}"
-    paths = train.TrainPaths(data_root=Path(params.data.root), model_dir=root / "model", report_dir=root / "train")
+    paths = Workspace.at(data_root=params.data.root, model_dir=root / "model", train_report_dir=root / "train",
+                         thresholds_file=root / "thresholds.json", metrics_file=root / "metrics.json",
+                         details_file=root / "metrics_per_class.json", plots_dir=root / "plots")
     fingerprint = inputs_fingerprint(params, paths)
     finished = root / RESULT_FILE
     if reuse and finished.is_file():
@@ -113,12 +117,9 @@ def run_variant(base: dict[str, Any], variant: str, out_root: Path, seed: int | 
                   f"reusing {finished}", flush=True)
             return {**record["row"], "reused": True}
     started = time.perf_counter()
-    train_summary = train.run(params, paths, run_name=f"ablation-{variant}-seed{seed}",
+    train_summary = trainer.run(params, paths, run_name=f"ablation-{variant}-seed{seed}",
                               tags={"ctxemo.variant": variant, "ctxemo.seed": str(seed)})
-    results = evaluate.run(evaluate.EvalPaths(
-        data_root=Path(params.data.root), model_dir=root / "model", thresholds_file=root / "thresholds.json",
-        metrics_file=root / "metrics.json", plots_dir=root / "plots",
-    ), batch_size=params.train.batch_size)
+    results = evaluate.run(paths, batch_size=params.train.batch_size)
     row = {"variant": variant, "seed": seed, "overrides": VARIANTS[variant], "train": train_summary,
            "test": results, "seconds": round(time.perf_counter() - started, 1)}
     finished.write_text(json.dumps({"fingerprint": fingerprint, "row": row}, indent=2, default=str))
@@ -166,7 +167,7 @@ def comparison(rows: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     return markdown_table(header, [[e[h] for h in header] for e in table]), table
 
 
-def persons_per_split(manifest_dir: Path = Path("data/manifest")) -> dict[str, int]:
+def persons_per_split(manifest_dir: Path = DEFAULT_WORKSPACE.manifest_dir) -> dict[str, int]:
     """How many persons each split of the data the variants trained on holds (for the report)."""
     import pyarrow.parquet as pq
 
@@ -204,7 +205,7 @@ def check_variants(variants: Iterable[str]) -> list[str]:
 
 
 def run(base: dict[str, Any], variants: Iterable[str] = tuple(VARIANTS), seeds: Iterable[int] | None = None,
-        out_root: Path = Path("artifacts/ablations"), report_dir: Path = Path("reports"),
+        out_root: Path = DEFAULT_WORKSPACE.ablations_dir, report_dir: Path = DEFAULT_WORKSPACE.reports_dir,
         reuse: bool = True, frozen_backbone: bool = False) -> dict[str, Any]:
     variants = check_variants(variants)
     base = with_backbone_mode(base, frozen_backbone)

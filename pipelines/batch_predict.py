@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from core.errors import UserError
 from pipelines.predict import IMAGE_SUFFIXES
-from stages.errors import UserError
 
 SCHEMA = pa.schema([
     ("image", pa.string()),
@@ -152,9 +152,9 @@ def run(src: str, out: str, model: str, *, workspace: Path = Path("."), boxes_fi
     """Predict every image under `src`, write `out` (a .parquet path, local or s3://); returns a summary."""
     import ray
 
+    from core.ray_utils import cluster_cpus, ray_session
+    from core.storage import StorageSettings
     from pipelines.predict import load_model
-    from stages.ray_utils import cluster_cpus, ray_session
-    from stages.settings import StorageSettings
 
     started = time.perf_counter()
     settings = settings or StorageSettings.from_env()

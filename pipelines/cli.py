@@ -3,6 +3,7 @@
     ctxemo synth --out data/raw/demo --images 240 --seed 0 --format emotic
     ctxemo demo                 # generate demo data, run the pipeline, print the results
     ctxemo stage ingest         # any DVC stage by name (same as `python -m stages.ingest`)
+    ctxemo storage              # where data, runs and checkpoints go (S3 settings from the environment)
 
 Heavy libraries are imported inside the commands so `ctxemo --help` stays instant.
 """
@@ -15,9 +16,8 @@ from typing import Optional
 
 import typer
 
-from pipelines.env import apply_embedded_defaults
-
-apply_embedded_defaults()
+from core import env
+from core.workspace import DEFAULT_WORKSPACE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 
@@ -29,20 +29,26 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+@app.callback()
+def _embedded_defaults() -> None:
+    """Telemetry off for Ray, DVC, Prefect and MLflow unless the user says otherwise (core/env.py)."""
+    env.apply_embedded_defaults()
+
+
 @app.command()
 def synth(
     out: Optional[Path] = typer.Option(None, help="output folder (default: synth.out of params.yaml)"),
     images: Optional[int] = typer.Option(None, min=1, help="number of images (default: synth.images)"),
     seed: Optional[int] = typer.Option(None, help="random seed, same seed -> identical data set (default: synth.seed)"),
     format: Optional[str] = typer.Option(None, "--format", help="emotic | caers (default: synth.format)"),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+    params_file: Path = typer.Option(DEFAULT_WORKSPACE.params_file, "--params"),
 ) -> None:
     """Generate a demo data set whose labels follow body, face and context cues."""
-    from stages.data.synth import generate
-    from stages.errors import UserError
+    from core.errors import UserError
+    from core.synth import generate
 
     # Options given on the command line win; the rest come from params.yaml's synth section,
-    # so `ctxemo synth` and `python -m stages.data.synth` make the same data set.
+    # so `ctxemo synth` and `ctxemo demo` make the same data set.
     defaults = _workspace_params(params_file).synth if params_file.is_file() else None
     if defaults is None and None in (out, images, seed, format):
         _fail(f"{params_file} not found: pass --out, --images, --seed and --format, or run in a workspace")
@@ -77,8 +83,8 @@ def demo(
     fresh: bool = typer.Option(False, help="regenerate the demo data even if it exists"),
 ) -> None:
     """Generate demo data (if missing), run the pipeline on it and print where everything is."""
+    from core.errors import UserError
     from pipelines.demo import run_demo
-    from stages.errors import UserError
 
     try:
         run_demo(images=images, fresh=fresh)
@@ -89,12 +95,12 @@ def demo(
 @app.command()
 def configure(
     overrides: Path = typer.Argument(..., help="a YAML file of params.yaml keys to change (e.g. configs/paper-emotic.yaml)"),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+    params_file: Path = typer.Option(DEFAULT_WORKSPACE.params_file, "--params"),
     dry_run: bool = typer.Option(False, help="print the changes without writing"),
 ) -> None:
     """Merge a config file into params.yaml (every key must already exist; the result is validated)."""
-    from pipelines.configure import merge_config
     from models.config import ConfigError
+    from pipelines.configure import merge_config
 
     try:
         changes = merge_config(params_file, overrides, write=not dry_run)
@@ -112,12 +118,12 @@ def ablate(
     fresh: bool = typer.Option(False, "--fresh", help="retrain runs that finished before with the same params, code and data"),
     frozen_backbone: bool = typer.Option(False, "--frozen-backbone",
                                          help="backbone maps computed once, the rest trains (train.frozen_backbone)"),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+    params_file: Path = typer.Option(DEFAULT_WORKSPACE.params_file, "--params"),
 ) -> None:
     """Train and evaluate the paper's ablations on the same data; write reports/ablations.{md,json}."""
+    from core.errors import UserError
+    from core.params import read_yaml
     from pipelines import ablation
-    from stages.errors import UserError
-    from stages.params import read_yaml
 
     try:
         result = ablation.run(read_yaml(params_file), variant or tuple(ablation.VARIANTS), seed or None,
@@ -135,18 +141,18 @@ def sweep(
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs", min=1,
                                              help="epochs per trial (default: tune.max_epochs)"),
     resume: bool = typer.Option(False, "--resume", help="continue the last interrupted sweep of this workspace"),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+    params_file: Path = typer.Option(DEFAULT_WORKSPACE.params_file, "--params"),
 ) -> None:
     """Ray Tune sweep over tune.space (ASHA); writes reports/best_params.yaml, reports/sweep.{md,json}."""
+    from core.errors import UserError
+    from core.params import params_from_dict, read_yaml
+    from core.workspace import Workspace
     from pipelines import sweep as sweep_pipeline
-    from stages.errors import UserError
-    from stages.params import params_from_dict, read_yaml
-    from stages.train import TrainPaths
 
     command = " ".join(["ctxemo sweep", *sys.argv[2:]])
     try:
         params_dict = read_yaml(params_file)
-        paths = TrainPaths(data_root=Path(params_from_dict(params_dict).data.root))
+        paths = Workspace.at(data_root=params_from_dict(params_dict).data.root)
         result = sweep_pipeline.run(params_dict, paths, samples=samples, max_epochs=max_epochs, resume=resume,
                                     command=command)
     except (UserError, ValueError) as exc:
@@ -165,8 +171,8 @@ def sweep(
 
 
 def _workspace_params(params_file: Path):
+    from core.params import load_params
     from models.config import ConfigError
-    from stages.params import load_params
 
     try:
         return load_params(params_file)
@@ -206,7 +212,7 @@ def ablate_flow(
     seed: list[int] = typer.Option(None, "--seed", help="train each variant with this seed (repeatable; default: params' seed)"),
     frozen_backbone: bool = typer.Option(False, "--frozen-backbone",
                                          help="backbone maps computed once, the rest trains (train.frozen_backbone)"),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+    params_file: Path = typer.Option(DEFAULT_WORKSPACE.params_file, "--params"),
 ) -> None:
     """The ablations as a Prefect flow: variants trained in parallel as Ray tasks (RayTaskRunner)."""
     from pipelines import ablation, flows
@@ -223,11 +229,11 @@ def ablate_flow(
 def promote_model(
     dry_run: bool = typer.Option(False, "--dry-run", help="explain the decision; register and move nothing"),
     version: Optional[str] = typer.Option(None, help="gate this registered version instead of the workspace's model"),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+    params_file: Path = typer.Option(DEFAULT_WORKSPACE.params_file, "--params"),
 ) -> None:
     """Register the evaluated model as challenger; make it champion if it beats the champion by registry.min_improvement."""
+    from core.errors import UserError
     from pipelines import registry
-    from stages.errors import UserError
 
     params = _workspace_params(params_file)
     name, threshold = params.registry.model_name, params.registry.min_improvement
@@ -247,16 +253,15 @@ def predict_images(
     box: list[str] = typer.Option(None, "--box", help="x1,y1,x2,y2 of a person (repeatable, for every image); default: detect people"),
     model: Optional[str] = typer.Option(None, "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID or a local artifacts folder [default: models:/<registry.model_name>@champion]"),
     annotate: Optional[Path] = typer.Option(None, "--annotate", help="write an annotated PNG (a folder when several images are given)"),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+    params_file: Path = typer.Option(DEFAULT_WORKSPACE.params_file, "--params"),
 ) -> None:
     """Emotions (with scores) of each person in the images, as JSON; optionally an annotated image."""
     import json
-    import os
 
+    from core.errors import UserError
     from pipelines import predict
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stdout/stderr stay readable
-    from stages.errors import UserError
+    env.set_default("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stdout/stderr stay readable
 
     try:
         boxes = [predict.parse_box(b) for b in box] if box else None
@@ -275,14 +280,14 @@ def predict_batch(
     model: Optional[str] = typer.Option(None, "--model", help="as for `ctxemo predict` [default: the champion]"),
     boxes: Optional[Path] = typer.Option(None, "--boxes", help="CSV image,x1,y1,x2,y2 of known people (image relative to SRC)"),
     batch_size: int = typer.Option(4, min=1, help="images per Ray Data batch"),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+    params_file: Path = typer.Option(DEFAULT_WORKSPACE.params_file, "--params"),
 ) -> None:
     """Predict every image of a folder or S3 prefix with Ray Data; write one Parquet of per-person predictions."""
     import json
 
+    from core.errors import UserError
+    from core.storage import StorageSettings
     from pipelines import batch_predict, predict
-    from stages.errors import UserError
-    from stages.settings import StorageSettings
 
     try:
         settings = StorageSettings.from_env()
@@ -295,6 +300,30 @@ def predict_batch(
     except UserError as exc:
         _fail(str(exc))
     typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def storage(
+    command: Optional[str] = typer.Argument(None, help="dvc-remote: point DVC's default remote at s3://BUCKET/PREFIX/dvc"),
+    name: str = typer.Option("storage", "--name", help="name of the DVC remote for dvc-remote"),
+) -> None:
+    """Print where data, MLflow artifacts and Ray checkpoints go (S3 settings from the environment; never a secret)."""
+    import json
+
+    from core.errors import UserError
+    from core.storage import StorageSettings
+
+    try:
+        settings = StorageSettings.from_env()
+        if command == "dvc-remote":
+            settings.configure_dvc_remote(".", name)
+            typer.echo(f"DVC remote {name!r} -> {settings.dvc_remote_url()} (default)")
+            return
+        if command is not None:
+            raise UserError(f"unknown command {command!r}; use no argument or `dvc-remote`")
+        typer.echo(json.dumps(settings.describe(), indent=2))
+    except UserError as exc:
+        _fail(str(exc))
 
 
 if __name__ == "__main__":

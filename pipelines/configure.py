@@ -12,9 +12,9 @@ from typing import Any
 
 import yaml
 
+from core.params import apply_overrides, params_from_dict, read_yaml
+from core.tracking import flatten
 from models.config import ConfigError
-from stages.params import apply_overrides, params_from_dict, read_yaml
-from stages.tracking import flatten
 
 
 def merge_config(params_file: Path, overrides_file: Path, write: bool = True) -> dict[str, tuple[Any, Any]]:

@@ -6,14 +6,15 @@ stale; a second run does nothing) and prints what came out and where it lives.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from stages.errors import UserError
-from stages.params import load_params
+from core import env
+from core.errors import UserError
+from core.params import load_params
+from core.workspace import Workspace
 
 
 def stage_env() -> dict[str, str]:
@@ -21,9 +22,7 @@ def stage_env() -> dict[str, str]:
 
     dvc.yaml says `python -m stages.X`; that must be the Python ctxemo is installed in.
     """
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
+    return env.with_path_first(Path(sys.executable).parent)
 
 
 def _annotations_present(root: Path, annotations: str | None) -> bool:
@@ -32,7 +31,7 @@ def _annotations_present(root: Path, annotations: str | None) -> bool:
 
 def run_demo(images: int | None = None, fresh: bool = False, workspace: Path = Path(".")) -> dict:
     started = time.perf_counter()
-    params = load_params(workspace / "params.yaml")
+    params = load_params(Workspace.at(workspace).params_file)
     data_root = workspace / params.data.root
     synth_out = workspace / params.synth.out
     if data_root.resolve() != synth_out.resolve():
@@ -40,7 +39,7 @@ def run_demo(images: int | None = None, fresh: bool = False, workspace: Path = P
                         f"{params.data.root}: point both at the same folder for the demo, or run `dvc repro` "
                         "directly on your own data")
     if fresh or not _annotations_present(data_root, params.data.annotations):
-        from stages.data.synth import generate
+        from core.synth import generate
 
         count = images or params.synth.images
         print(f"[demo] generating {count} {params.synth.format} images into {synth_out} (seed {params.synth.seed})",
@@ -58,23 +57,25 @@ def run_demo(images: int | None = None, fresh: bool = False, workspace: Path = P
 def describe_outputs(workspace: Path) -> dict:
     """Print a short account of the pipeline outputs that exist, and return it."""
     summary: dict = {}
-    ingest = workspace / "reports/ingest.json"
+    ws = Workspace.at(workspace)
+    ingest = ws.ingest_metrics
     if ingest.is_file():
         info = json.loads(ingest.read_text())
         summary["ingest"] = info
-        counts = ", ".join(f"{split} {info['rows'][split]}" for split in ("train", "val", "test"))
-        print(f"manifest: {workspace / 'data/manifest'} (persons: {counts}); "
-              f"quarantined {info['quarantine']['total']} (data/manifest/quarantine.parquet)")
-    metrics = workspace / "reports/metrics.json"
+        counts = ", ".join(f"{split} {info['persons'][split]}" for split in ("train", "val", "test"))
+        print(f"manifest: {ws.manifest_dir} (persons: {counts}); "
+              f"quarantined {info['quarantined']} ({ws.manifest_dir / 'quarantine.parquet'})")
+    # the per-class file has everything the headline reports/metrics.json has, and more
+    metrics = ws.details_file if ws.details_file.is_file() else ws.metrics_file
     if metrics.is_file():
-        from pipelines.report import print_metrics_table
+        from core.evaluation.report import print_metrics_table
 
         summary["metrics"] = json.loads(metrics.read_text())
         print_metrics_table(summary["metrics"])
-        print(f"plots: {workspace / 'reports/plots'} (`dvc plots show` renders them)")
-    run_file = workspace / "artifacts/model/mlflow_run.json"
+        print(f"plots: {ws.plots_dir} (`dvc plots show` renders them); per-class figures: {ws.details_file}")
+    run_file = ws.model_dir / "mlflow_run.json"
     if run_file.is_file():
-        from stages.tracking import tracking_uri
+        from core.tracking import tracking_uri
 
         run_id = json.loads(run_file.read_text())["run_id"]
         summary["mlflow_run_id"] = run_id

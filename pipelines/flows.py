@@ -25,8 +25,10 @@ workspace as cwd and the venv's bin first on PATH (dvc.yaml says `python -m stag
 the flow's MLflow/S3/DVC settings (never a secret: credentials come from each node's own
 environment, as stages/settings.py explains).
 
-`chaos` injects failures for drills and tests: {"step": "evaluate", "failures": 1} makes that
-step fail on its first attempt (then the retry runs it), a large `failures` makes it fail for good.
+Every task starts at the fault point `flow.step` (step name, attempt; core/faults.py), where drills
+and tests inject failures from outside: a plan fault {"point": "flow.step", "when": {"step":
+"evaluate"}, "times": 1} fails that step's first attempt (then the retry runs it), a large `times`
+makes it fail for good.
 """
 from __future__ import annotations
 
@@ -47,7 +49,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from pipelines.env import EMBEDDED_DEFAULTS, apply_embedded_defaults
+from core.env import EMBEDDED_DEFAULTS, apply_embedded_defaults
+from core.faults import fault_point
+from core.workspace import Workspace
 
 apply_embedded_defaults()
 
@@ -82,7 +86,7 @@ def ray_task_runner():
     """RayTaskRunner joining RAY_ADDRESS, else starting a local Ray like stages.ray_utils does."""
     from prefect_ray import RayTaskRunner
 
-    from stages.ray_utils import default_object_store_bytes, quiet_ray_env
+    from core.ray_utils import default_object_store_bytes, quiet_ray_env
 
     quiet_ray_env()
     address = os.environ.get("RAY_ADDRESS")
@@ -98,7 +102,7 @@ def forwarded_environment(workspace: Path) -> dict[str, str]:
     The MLflow tracking URI is made explicit so every Ray worker (whatever environment it started
     with) logs to and registers in the store this flow run reads.
     """
-    from stages import tracking
+    from core import tracking
 
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES) and not SENSITIVE_ENV_NAME.search(k)}
     env["MLFLOW_TRACKING_URI"] = tracking.tracking_uri(workspace)
@@ -113,15 +117,13 @@ def forwarded_environment(workspace: Path) -> dict[str, str]:
     return env
 
 
-def _inject_fault(chaos: dict[str, Any] | None) -> None:
+def _step_fault_point() -> None:
+    """The fault point `flow.step` of the running task (see the module docstring)."""
     from prefect.context import TaskRunContext
 
     context = TaskRunContext.get()
-    if not chaos or context is None or chaos.get("step") != context.task.name:
-        return
-    attempt = context.task_run.run_count
-    if attempt <= int(chaos.get("failures", 1)):
-        raise StepFailed(f"injected failure in step {context.task.name!r} (attempt {attempt})")
+    if context is not None:
+        fault_point("flow.step", step=context.task.name, attempt=context.task_run.run_count)
 
 
 def _ray_task_id() -> str | None:
@@ -192,24 +194,23 @@ def _kill_group(process: subprocess.Popen) -> None:
 
 
 @task(cache_policy=NO_CACHE)
-def dvc_step(args: list[str], workspace: str, forwarded: dict[str, str], chaos: dict[str, Any] | None = None,
+def dvc_step(args: list[str], workspace: str, forwarded: dict[str, str],
              timeout_seconds: float = 24 * 3600) -> dict[str, Any]:
     """`python -m dvc ARGS` in the workspace."""
-    _inject_fault(chaos)
+    _step_fault_point()
     seconds = run_command([sys.executable, "-m", "dvc", *args], Path(workspace), _subprocess_env(forwarded),
                           timeout_seconds, get_run_logger())
     return {"command": f"dvc {' '.join(args)}", "seconds": round(seconds, 1), "ray_task_id": _ray_task_id()}
 
 
 @task(cache_policy=NO_CACHE)
-def register_step(workspace: str, tracking_uri: str, model_name: str,
-                  chaos: dict[str, Any] | None = None) -> dict[str, Any]:
+def register_step(workspace: str, tracking_uri: str, model_name: str) -> dict[str, Any]:
     """Register the freshly evaluated model as a new version with the `challenger` alias."""
     from pipelines import registry
 
-    _inject_fault(chaos)
+    _step_fault_point()
     client = registry.client_for(tracking_uri)
-    model = registry.evaluated_model(registry.WorkspaceLayout(root=Path(workspace)), client)
+    model = registry.evaluated_model(Workspace.at(workspace), client)
     version = registry.register(client, model_name, model)
     get_run_logger().info(f"registered {model_name} version {version.version} from run {model.run_id} "
                           f"(test {model.metric} {model.value:.4f}, data {model.data_version}) as challenger")
@@ -219,15 +220,15 @@ def register_step(workspace: str, tracking_uri: str, model_name: str,
 
 @task(cache_policy=NO_CACHE)
 def promote_step(workspace: str, tracking_uri: str, model_name: str, version: str, metric: str,
-                 min_improvement: float, apply: bool, chaos: dict[str, Any] | None = None) -> dict[str, Any]:
+                 min_improvement: float, apply: bool) -> dict[str, Any]:
     """The gate: move `champion` to `version` when it beats the champion by `min_improvement`."""
     from pipelines import registry
 
-    _inject_fault(chaos)
+    _step_fault_point()
     client = registry.client_for(tracking_uri)
     challenger = registry.candidate_of(client, client.get_model_version(model_name, version))
     decision = registry.decide(client, model_name, challenger, metric, min_improvement,
-                               registry.WorkspaceLayout(root=Path(workspace)))
+                               Workspace.at(workspace))
     if apply:
         decision = registry.apply(client, decision)
     explanation = decision.explain()
@@ -237,11 +238,11 @@ def promote_step(workspace: str, tracking_uri: str, model_name: str, version: st
 
 @task(cache_policy=NO_CACHE)
 def ablation_step(base_params: dict[str, Any], variant: str, seed: int, out_root: str, workspace: str,
-                  forwarded: dict[str, str], chaos: dict[str, Any] | None = None) -> dict[str, Any]:
+                  forwarded: dict[str, str]) -> dict[str, Any]:
     """Train and evaluate one ablation variant (pipelines/ablation.py) inside the workspace."""
     from pipelines import ablation
 
-    _inject_fault(chaos)
+    _step_fault_point()
     with _inside(Path(workspace), _subprocess_env(forwarded)):
         row = ablation.run_variant(base_params, variant, Path(out_root), seed)
     get_run_logger().info(f"ablation {variant} seed {seed}: {row['test'].get('mAP', row['test'].get('accuracy'))} "
@@ -306,18 +307,18 @@ def _ray_options():
 
 @flow(name="retrain", task_runner=ray_task_runner(), log_prints=True)
 def retrain(workspace: str = ".", pull: bool = False, push: bool = False, promote: bool = True,
-            retry_backoff_seconds: float = 10.0, chaos: dict[str, Any] | None = None) -> dict[str, Any]:
+            retry_backoff_seconds: float = 10.0) -> dict[str, Any]:
     """Scheduled retraining: rerun what DVC finds stale, register the evaluated model, gate it, promote it.
 
     workspace: the DVC workspace (absolute on a cluster: Ray nodes share it).
     pull / push: `dvc pull` first / `dvc push` last (a DVC remote must be configured).
     promote: False registers the challenger and explains the gate without moving `champion`.
     """
-    from stages.params import load_params
+    from core.params import load_params
 
     logger = get_run_logger()
     ws = Path(workspace).resolve()
-    params = load_params(ws / "params.yaml")
+    params = load_params(Workspace.at(ws).params_file)
     forwarded = forwarded_environment(ws)
     tracking_uri = forwarded["MLFLOW_TRACKING_URI"]
     name = params.registry.model_name
@@ -327,7 +328,7 @@ def retrain(workspace: str = ".", pull: bool = False, push: bool = False, promot
     summary: dict[str, Any] = {"workspace": str(ws), "model_name": name, "tracking_uri": tracking_uri, "steps": []}
 
     def shell(step: str, args: list[str]) -> None:
-        result = steps[step].submit(args, str(ws), forwarded, chaos, STEPS[step].timeout_seconds).result()
+        result = steps[step].submit(args, str(ws), forwarded, STEPS[step].timeout_seconds).result()
         summary["steps"].append({"step": step, **result})
 
     logger.info(f"retraining in {ws}; MLflow {tracking_uri}; registered model {name}")
@@ -336,9 +337,9 @@ def retrain(workspace: str = ".", pull: bool = False, push: bool = False, promot
             shell("dvc-pull", ["pull"])
         shell("reproduce", ["repro", "train"])
         shell("evaluate", ["repro", "evaluate"])
-        registered = steps["register"].submit(str(ws), tracking_uri, name, chaos).result()
+        registered = steps["register"].submit(str(ws), tracking_uri, name).result()
         decision = steps["promote"].submit(str(ws), tracking_uri, name, registered["version"], registered["metric"],
-                                           params.registry.min_improvement, promote, chaos).result()
+                                           params.registry.min_improvement, promote).result()
         if push:
             shell("dvc-push", ["push"])
     champion = decision["challenger"]["version"] if decision["promote"] and decision["applied"] else (
@@ -351,12 +352,11 @@ def retrain(workspace: str = ".", pull: bool = False, push: bool = False, promot
 @flow(name="ablations", task_runner=ray_task_runner(), log_prints=True)
 def ablations(workspace: str = ".", variants: list[str] | None = None, seeds: list[int] | None = None,
               params_file: str = "params.yaml", out_root: str = "artifacts/ablations", report_dir: str = "reports",
-              retry_backoff_seconds: float = 10.0, chaos: dict[str, Any] | None = None,
-              frozen_backbone: bool = False) -> dict[str, Any]:
+              retry_backoff_seconds: float = 10.0, frozen_backbone: bool = False) -> dict[str, Any]:
     """The paper's ablations, one Ray task per (variant, seed), side by side; writes reports/ablations.{md,json}
     (reports/ablations_frozen_backbone.{md,json} with a frozen backbone)."""
+    from core.params import read_yaml
     from pipelines import ablation
-    from stages.params import read_yaml
 
     ws = Path(workspace).resolve()
     variants = ablation.check_variants(variants or ablation.VARIANTS)
@@ -367,11 +367,11 @@ def ablations(workspace: str = ".", variants: list[str] | None = None, seeds: li
     out = ws / out_root / ablation.output_names(base)[0]
     with _ray_options():
         futures = [step.with_options(task_run_name=f"ablation-{v}-seed{s}").submit(
-            base, v, s, str(out), str(ws), forwarded, chaos) for s in seeds for v in variants]
+            base, v, s, str(out), str(ws), forwarded) for s in seeds for v in variants]
         rows = [future.result() for future in futures]
     markdown, table = ablation.comparison(rows)
     report = ablation.write_report(markdown, table, base, ws / report_dir,
-                                   persons=ablation.persons_per_split(ws / "data/manifest"))
+                                   persons=ablation.persons_per_split(Workspace.at(ws).manifest_dir))
     return {"markdown": markdown, "rows": table, "report": str(report)}
 
 

@@ -6,15 +6,15 @@
     ctxemo predict a.jpg --model models:/ctxemo-rrla/3         # a version, an alias, or runs:/<run id>
 
 Every number is computed the way training computed it, by the same code:
-- people: the given boxes, else `stages.detect.find_people` (Faster R-CNN person class with local or
-  cached weights, else OpenCV HOG);
-- object boxes: with `objects.boxes: detector` the objects stage's own detector; with dataset boxes
-  (the demo) the data set's boxes file for images under `data.root`, else the COCO Faster R-CNN when
-  its weights are available, else none (the model then sees no objects, and the output says so);
-- object features: `stages.objects.ObjectFeatureWorker.process_image` (the objects stage's per-image
-  path) with the weights recorded in the objects stage's meta.json (logged with the registered model);
-- body crop: `stages.data.dataset.body_tensor` on the image decoded by `open_rgb`;
-- scores: `stages.inference.predict_loader`, the evaluation stage's scoring loop.
+- people: the given boxes, else `core.detection.people.find_people` (Faster R-CNN person class with
+  local or cached weights, else OpenCV HOG);
+- object boxes and features: `core.features.extractor.ObjectFeatureExtractor`, the objects stage's
+  per-image path with the weights recorded in its meta.json (logged with the registered model).
+  Boxes: with `objects.boxes: detector` the stage's own detector; with dataset boxes (the demo) the
+  data set's boxes file for images under `data.root`, else the COCO Faster R-CNN when its weights
+  are available, else none (the model then sees no objects, and the output says so);
+- body crop: `core.data.dataset.body_tensor` on the image decoded by `open_rgb`;
+- scores: `core.inference.predict_loader`, the evaluation stage's scoring loop.
 Scores are the model's raw outputs, as in reports/metrics.json; a multi-label class is predicted
 when its score reaches the per-class threshold chosen on val by the evaluation stage.
 """
@@ -23,13 +23,17 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from stages.errors import UserError
+from core.errors import UserError
+from core.workspace import Workspace
+
+if TYPE_CHECKING:
+    from core.features.extractor import ImageObjects
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 RUN_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-f]{32})/?$")
@@ -83,7 +87,7 @@ def _check_thresholds(package, source: str) -> None:
 
 def load_model(spec: str, workspace: Path = Path(".")) -> LoadedModel:
     """A registry URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID) or a local folder."""
-    from stages.inference import load_model_package
+    from core.inference import load_model_package
 
     workspace = Path(workspace)
     if spec.startswith(("models:/", "runs:/")):
@@ -101,14 +105,14 @@ def load_model(spec: str, workspace: Path = Path(".")) -> LoadedModel:
     _check_thresholds(package, spec)
     run = _read_json(model_dir / "mlflow_run.json")
     return LoadedModel(package=package, source=str(path), run_id=run["run_id"] if run else None,
-                       objects_meta=_read_json(workspace / "data/objects/train/meta.json"))
+                       objects_meta=_read_json(Workspace.at(workspace).objects_meta))
 
 
 def _load_from_mlflow(spec: str, workspace: Path) -> LoadedModel:
     from mlflow.exceptions import MlflowException
 
+    from core.inference import load_model_package
     from pipelines import registry
-    from stages.inference import load_model_package
 
     client = registry.client_for(None, workspace)
     version = None
@@ -135,120 +139,8 @@ def _load_from_mlflow(spec: str, workspace: Path) -> LoadedModel:
         raise UserError(f"--model {spec}: {exc.message} (MLflow store {client.tracking_uri})") from None
     _check_thresholds(package, spec)
     if objects_meta is None:  # registered before meta.json was logged with it: the workspace's record
-        objects_meta = _read_json(workspace / "data/objects/train/meta.json")
+        objects_meta = _read_json(Workspace.at(workspace).objects_meta)
     return LoadedModel(package=package, source=spec, objects_meta=objects_meta, run_id=run_id, version=version)
-
-
-# --------------------------------------------------------------------------- object context
-
-
-def extractor_weights(cfg, seed: int, record: dict[str, Any] | None):
-    """(WeightsChoice, state_dict) the objects stage used, from its meta.json record when there is one."""
-    from torchvision.models import get_weight
-
-    from stages import objects
-    from stages.objects import WeightsChoice
-
-    if record is None:
-        return objects.resolve_weights(cfg, seed)  # the stage's own resolution order
-    source = record.get("source")
-    if source == "random":
-        return WeightsChoice(**record), None
-    if source == "file":
-        choice, state_dict = objects.resolve_weights(replace(cfg, weights=record["name"]), seed)
-    elif source == "torchvision":
-        cached = objects.cached_checkpoint(get_weight(record["name"]))
-        if not cached.is_file():
-            raise UserError(f"the model's object features came from {record['name']}; its file {cached} is not "
-                            "on this machine (copy it there; nothing is downloaded)")
-        choice, state_dict = objects.resolve_weights(replace(cfg, weights=None), seed)
-    else:
-        raise UserError(f"objects meta.json names unknown weights source {source!r}")
-    if record.get("sha256") and choice.sha256 != record["sha256"]:
-        raise UserError(f"object-feature weights {choice.name} differ from the ones the model was trained with "
-                        f"(sha256 {choice.sha256} != {record['sha256']})")
-    return choice, state_dict
-
-
-@dataclass
-class ImageObjects:
-    people: list[Any]                     # stages.objects.PersonObjects, one per person box
-    class_names: list[str]                # names of the class ids in people[i].classes
-    source: str                           # where the object boxes came from
-
-
-class ObjectContext:
-    """Object boxes and 2048-d features of target persons, through the objects stage's worker."""
-
-    def __init__(self, cfg, seed: int, weights_record: dict[str, Any] | None, data_root: Path | None):
-        from stages.objects import ObjectFeatureWorker
-
-        self.cfg = cfg
-        self.data_root = None if data_root is None else Path(data_root).resolve()
-        choice, state_dict = extractor_weights(cfg, seed, weights_record)
-        # data_root "/": images are passed by absolute path.
-        self.worker = ObjectFeatureWorker(cfg, choice, state_dict, data_root="/", seed=seed, device="cpu")
-        self.weights = choice
-
-    def relative_to_root(self, image: Path) -> str | None:
-        if self.data_root is None:
-            return None
-        try:
-            return Path(image).resolve().relative_to(self.data_root).as_posix()
-        except ValueError:
-            return None
-
-    def dataset_boxes(self, images: dict[str, tuple[int, int]]):
-        """The boxes file rows of `images` ({path relative to data.root: (w, h)}), as the stage reads them."""
-        from stages.objects import load_dataset_boxes
-
-        boxes_file = self.data_root / self.cfg.boxes_file
-        if not boxes_file.is_file():
-            return None
-        return load_dataset_boxes(boxes_file, images)
-
-    def for_image(self, image: Path, size: tuple[int, int], person_boxes: Sequence[Sequence[float]],
-                  dataset_boxes=None) -> ImageObjects:
-        from stages.objects import coco_categories
-
-        persons = [[f"person{i}", *map(float, box)] for i, box in enumerate(person_boxes)]
-        image = Path(image).resolve()
-        if self.cfg.boxes == "detector":
-            people = self.worker.process_image(str(image), persons, [])
-            return ImageObjects(people, coco_categories(), f"detector {self.cfg.detector}")
-        relative = self.relative_to_root(image)
-        if relative is not None:
-            boxes = dataset_boxes if dataset_boxes is not None else self.dataset_boxes({relative: size})
-            if boxes is not None and relative in boxes.by_image:
-                people = self.worker.process_image(str(image), persons, boxes.by_image[relative].tolist())
-                return ImageObjects(people, boxes.classes, f"data set boxes ({boxes.path.name})")
-        detected = coco_objects(image)
-        if detected is not None:
-            rows, description = detected
-            people = self.worker.process_image(str(image), persons, rows)
-            return ImageObjects(people, coco_categories(), f"detector {description}")
-        people = self.worker.process_image(str(image), persons, [])
-        return ImageObjects(people, [], "none: the image is not in the data set's boxes file and no object "
-                                        "detector weights are available")
-
-
-def coco_objects(image: Path, detector: str = "fasterrcnn_resnet50_fpn"):
-    """([x1,y1,x2,y2,class_id,score] rows, description) from the COCO detector, or None without weights."""
-    import torch
-
-    from stages.data.images import load_rgb
-    from stages.detect import _load_person_detector
-
-    loaded = _load_person_detector(detector, None)
-    if loaded is None:
-        return None
-    model, _person_class, description = loaded
-    rgb = load_rgb(image)
-    with torch.inference_mode():
-        out = model([torch.from_numpy(rgb).permute(2, 0, 1).float().div(255.0)])[0]
-    rows = [[*box, float(label), float(score)] for box, label, score in
-            zip(out["boxes"].tolist(), out["labels"].tolist(), out["scores"].tolist())]
-    return rows, description
 
 
 # --------------------------------------------------------------------------- predictions
@@ -300,28 +192,23 @@ class Predictor:
     """One loaded model and its object extractor; `predict(image)` for any number of images."""
 
     def __init__(self, loaded: LoadedModel, workspace: Path = Path("."), people_score_threshold: float = 0.5):
+        from core.features.extractor import ObjectFeatureExtractor
+        from core.params import ObjectsConfig
         from models.config import from_dict
-        from stages.params import ObjectsConfig
 
         self.loaded = loaded
         package = loaded.package
         params = package.params
         cfg = from_dict(ObjectsConfig, params["objects"])
-        meta = loaded.objects_meta
-        if meta is not None and (int(meta["top_n"]) != cfg.top_n
-                                 or int(meta["extractor"]["image_size"]) != cfg.image_size):
-            raise UserError(f"the objects meta.json found for this model (top_n {meta['top_n']}, image_size "
-                            f"{meta['extractor']['image_size']}) does not match the model's params (top_n "
-                            f"{cfg.top_n}, image_size {cfg.image_size}): run predict in the model's workspace")
         data_root = Path(params["data"]["root"])
         data_root = data_root if data_root.is_absolute() else Path(workspace) / data_root
-        self.objects = ObjectContext(cfg, int(params["seed"]), None if meta is None else meta["weights"],
-                                     data_root if data_root.is_dir() else None)
+        self.objects = ObjectFeatureExtractor(cfg, int(params["seed"]), loaded.objects_meta,
+                                              data_root=data_root if data_root.is_dir() else None)
         self.people_weights = cfg.weights if cfg.boxes == "detector" else None
         self.people_score_threshold = people_score_threshold
 
     def find_people(self, rgb: np.ndarray) -> tuple[list[list[float]], list[float | None], str]:
-        from stages.detect import find_people
+        from core.detection.people import find_people
 
         found = find_people(rgb, weights=self.people_weights, score_threshold=self.people_score_threshold)
         return [p[0] for p in found.people], [p[1] for p in found.people], found.detector
@@ -330,13 +217,12 @@ class Predictor:
                 dataset_boxes=None) -> ImagePrediction:
         import torch
 
-        from stages.data.dataset import body_tensor, open_rgb
-        from stages.data.images import load_rgb
-        from stages.inference import predict_loader
+        from core.data.dataset import body_tensor, open_rgb
+        from core.data.images import load_rgb
+        from core.inference import predict_loader
 
         image = Path(image)
         rgb = load_rgb(image)  # also turns a missing or broken file into a clear error
-        height, width = rgb.shape[:2]
         if boxes is None:
             boxes, detection_scores, people_source = self.find_people(rgb)
         else:
@@ -345,11 +231,11 @@ class Predictor:
             return ImagePrediction(str(image), [], people_source, "not needed: nobody found")
         # float32 like the manifest's person_box, so crops and geometry round exactly as in training
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).tolist()
-        context = self.objects.for_image(image, (width, height), boxes, dataset_boxes)
+        context = self.objects.extract(rgb, boxes, image_path=image, dataset_boxes=dataset_boxes)
         package = self.loaded.package
         pil = open_rgb(image)
         limit = package.max_objects
-        top_n = self.objects.cfg.top_n
+        top_n = self.objects.top_n
         # The item PersonDataset.__getitem__ builds, from the same pieces (stored float16 features,
         # float32 boxes, the first `count` objects valid, max_objects applied last).
         mask = np.stack([np.arange(top_n) < p.count for p in context.people])
@@ -412,7 +298,7 @@ def annotate(image: str | Path, prediction: ImagePrediction, out: Path, classes:
     """The photo with each person's box and emotions and their top attended objects with BOA weights."""
     from PIL import ImageDraw
 
-    from stages.data.dataset import open_rgb
+    from core.data.dataset import open_rgb
 
     canvas = open_rgb(Path(image))
     draw = ImageDraw.Draw(canvas)

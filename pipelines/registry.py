@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from stages.errors import UserError
+from core.errors import UserError
+from core.workspace import Workspace
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -41,25 +42,10 @@ MODEL_ARTIFACT = "model"
 OBJECTS_META_ARTIFACT = "registry/objects_meta.json"
 PRIMARY_METRIC = {"multilabel": "mAP", "multiclass": "accuracy"}
 # dvc.lock dependencies of the train stage that are code, not data.
-CODE_PREFIXES = ("stages/", "models", "pipelines/")
+CODE_PREFIXES = ("stages/", "core/", "models", "pipelines/")
 TAG_DATA_VERSION = "data_version"
 TAG_PRIMARY_METRIC = "primary_metric"
 TAG_PRIMARY_VALUE = "primary_value"
-
-
-@dataclass(frozen=True)
-class WorkspaceLayout:
-    """Where a DVC workspace keeps what registration reads (the dvc.yaml paths)."""
-
-    root: Path
-    model_dir: Path = Path("artifacts/model")
-    metrics_file: Path = Path("reports/metrics.json")
-    objects_meta: Path = Path("data/objects/train/meta.json")
-    dvc_lock: Path = Path("dvc.lock")
-    params_file: Path = Path("params.yaml")
-
-    def path(self, relative: Path) -> Path:
-        return relative if relative.is_absolute() else Path(self.root) / relative
 
 
 @dataclass(frozen=True)
@@ -177,10 +163,10 @@ def _scalar_metrics(results: dict[str, Any]) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
 
 
-def evaluated_model(layout: WorkspaceLayout, client) -> EvaluatedModel:
+def evaluated_model(layout: Workspace, client) -> EvaluatedModel:
     """The workspace's model with its evaluation checked fresh; UserError (saying why) otherwise."""
-    run_file = layout.path(layout.model_dir) / "mlflow_run.json"
-    metrics_file = layout.path(layout.metrics_file)
+    run_file = layout.model_dir / "mlflow_run.json"
+    metrics_file = layout.metrics_file
     if not run_file.is_file():
         raise UserError(f"{run_file} is missing: the model was not trained with MLflow tracking "
                         "(run the train stage: dvc repro train)")
@@ -204,7 +190,7 @@ def evaluated_model(layout: WorkspaceLayout, client) -> EvaluatedModel:
         raise UserError(f"training run {run_id} (from {run_file}) is not in the MLflow store "
                         f"{client.tracking_uri}: {exc.message}") from None
     logged = run.data.metrics.get(f"test_{metric}")
-    stale = (f"{metrics_file} is not the evaluation of the model in {layout.path(layout.model_dir)} "
+    stale = (f"{metrics_file} is not the evaluation of the model in {layout.model_dir} "
              f"(MLflow run {run_id})")
     if logged is None:
         raise UserError(f"{stale}: the run has no test_{metric}; the evaluation of this model did not finish "
@@ -219,8 +205,8 @@ def evaluated_model(layout: WorkspaceLayout, client) -> EvaluatedModel:
         raise UserError(f"{stale}: it differs from the run's evaluation/metrics.json; it belongs to another "
                         "model or an older evaluation (run dvc repro evaluate)")
 
-    hashes = data_hashes(layout.path(layout.dvc_lock))
-    objects_meta = layout.path(layout.objects_meta)
+    hashes = data_hashes(layout.dvc_lock)
+    objects_meta = layout.objects_meta
     return EvaluatedModel(
         run_id=run_id, task=task, metric=metric, value=float(value), metrics=_scalar_metrics(results),
         data_version=data_version_of(hashes), data_hashes=hashes,
@@ -233,10 +219,10 @@ def evaluated_model(layout: WorkspaceLayout, client) -> EvaluatedModel:
 
 
 def client_for(tracking_uri: str | None = None, workspace: Path | None = None):
-    """An MlflowClient on `tracking_uri`, or on the workspace's store (stages.tracking)."""
+    """An MlflowClient on `tracking_uri`, or on the workspace's store (core/tracking.py)."""
     from mlflow import MlflowClient
 
-    from stages import tracking
+    from core import tracking
 
     uri = tracking_uri or tracking.tracking_uri(workspace)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -317,43 +303,28 @@ def candidate_of(client, version) -> Candidate:
 # --------------------------------------------------------------------------- the gate
 
 
-def rescore_version(client, version, layout: WorkspaceLayout, metric: str) -> float:
+def rescore_version(client, version, layout: Workspace, metric: str) -> float:
     """The version's primary test metric on the workspace's current data, through the evaluation path."""
-    from stages import evaluate
-    from stages.data.manifest import read_labels, read_manifest
-    from stages.inference import load_model_package
-    from stages.params import load_params
+    from core.data.manifest import read_labels
+    from core.evaluation import evaluate
+    from core.inference import load_model_package
+    from core.params import load_params
 
-    params = load_params(layout.path(layout.params_file))
-    data_root = Path(params.data.root)
-    data_root = data_root if data_root.is_absolute() else Path(layout.root) / data_root
+    params = load_params(layout.params_file)
+    paths = Workspace.at(layout.root, data_root=params.data.root)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(client.download_artifacts(version.run_id, "checkpoint", tmp))
         package = load_model_package(checkpoint)
-    classes = read_labels(Path(layout.root) / "data/labels.json")
+    classes = read_labels(paths.labels_json)
     if list(package.classes) != list(classes):
         raise UserError(f"{version.name} version {version.version} predicts other classes than the workspace's "
-                        "data/labels.json: its test metric cannot be compared with the challenger's")
-    root = Path(layout.root)
-    paths = evaluate.EvalPaths(data_root=data_root, manifest_dir=root / "data/manifest",
-                               objects_dir=root / "data/objects")
-    val = evaluate.score_split(package, paths, "val", params.train.batch_size)
-    test = evaluate.score_split(package, paths, "test", params.train.batch_size)
-    train_labels = read_manifest("train", paths.manifest_dir)["labels"]
-    import numpy as np
-
-    counts = np.zeros(len(classes))
-    for row in train_labels:
-        counts[np.asarray(list(row), dtype=np.int64)] += 1
-    if package.task == "multilabel":
-        results, _ = evaluate.multilabel_results(classes, val, test, counts / max(len(train_labels), 1))
-    else:
-        results, _ = evaluate.multiclass_results(classes, val, test, counts)
+                        f"{paths.labels_json}: its test metric cannot be compared with the challenger's")
+    results, _, _ = evaluate.evaluate_model(package, paths, params.train.batch_size)
     return float(results[metric])
 
 
 def decide(client, model_name: str, challenger: Candidate, metric: str, min_improvement: float,
-           layout: WorkspaceLayout | None = None) -> Decision:
+           layout: Workspace | None = None) -> Decision:
     """Compare `challenger` with the current champion; nothing is changed here."""
     if min_improvement < 0:
         raise UserError(f"registry.min_improvement must be >= 0, got {min_improvement}")
@@ -409,12 +380,12 @@ class PromotionResult:
 
 
 def register_and_promote(workspace: Path, model_name: str, min_improvement: float, *, dry_run: bool = False,
-                         tracking_uri: str | None = None, layout: WorkspaceLayout | None = None) -> PromotionResult:
+                         tracking_uri: str | None = None, layout: Workspace | None = None) -> PromotionResult:
     """The workspace's freshly evaluated model: register it, gate it, move `champion` if it passes.
 
     With `dry_run` nothing is written: the decision is computed for the model as it would be registered.
     """
-    layout = layout or WorkspaceLayout(root=Path(workspace))
+    layout = layout or Workspace.at(workspace)
     client = client_for(tracking_uri, Path(workspace))
     model = evaluated_model(layout, client)
     if dry_run:
@@ -441,6 +412,6 @@ def gate_version(model_name: str, version: str, min_improvement: float, *, dry_r
         raise UserError(f"{model_name} version {version}: {exc.message}") from None
     challenger = candidate_of(client, registered)
     metric = (registered.tags or {}).get(TAG_PRIMARY_METRIC) or "mAP"
-    layout = WorkspaceLayout(root=Path(workspace)) if workspace is not None else None
+    layout = Workspace.at(workspace) if workspace is not None else None
     decision = decide(client, model_name, challenger, metric, min_improvement, layout)
     return decision if dry_run else apply(client, decision)

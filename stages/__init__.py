@@ -1,0 +1,1 @@
+"""DVC entry points: one module per stage in dvc.yaml, each only a main() (python -m stages.<name>)."""

@@ -180,7 +180,7 @@ def s3_settings(s3_server: S3Server, tmp_path_factory):
     Module-scoped so a Ray cluster started by the module inherits it. ~/.aws and the instance
     metadata service are switched off so only the throwaway test credentials can be found.
     """
-    from stages.settings import StorageSettings
+    from core.storage import StorageSettings
 
     empty = tmp_path_factory.mktemp("no-aws-config")
     env = {**s3_server.env(), "CTXEMO_S3_PREFIX": "it/" + secrets.token_hex(4),

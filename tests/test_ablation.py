@@ -42,8 +42,8 @@ def test_unknown_variant_is_rejected_before_any_training():
         ablation.run({"seed": 0}, ["full", "no_such"])
 
 
-def test_two_variants_two_seeds_train_evaluate_and_report(tiny_workspace, ray_local, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_two_variants_two_seeds_train_evaluate_and_report(tiny_workspace, ray_local, mlflow_store, tmp_path, monkeypatch,
+                                                          capsys):
     monkeypatch.chdir(tiny_workspace.root)
     base = dict(tiny_workspace.params_dict, train={**tiny_workspace.params_dict["train"], "epochs": 1})
     result = ablation.run(base, ["full", "no_boa"], seeds=[0, 1], out_root=tmp_path / "abl",
@@ -71,8 +71,6 @@ def test_two_variants_two_seeds_train_evaluate_and_report(tiny_workspace, ray_lo
 
 
 def test_the_fingerprint_of_a_finished_run_follows_params_and_data(tiny_workspace, tmp_path):
-    from stages import train
-
     paths = tiny_workspace.train_paths("fingerprint")
     params = ablation.variant_params(tiny_workspace.params_dict, "full", seed=0)
     reference = ablation.inputs_fingerprint(params, paths)
@@ -87,7 +85,7 @@ def test_the_fingerprint_of_a_finished_run_follows_params_and_data(tiny_workspac
     graph.mkdir()
     for file in paths.graph_dir.iterdir():
         (graph / file.name).write_bytes(file.read_bytes())
-    copied = train.TrainPaths(**{**paths.__dict__, "graph_dir": graph})
+    copied = paths.moved(graph_dir=graph)
     assert ablation.inputs_fingerprint(params, copied) == reference
     (graph / "cooccurrence.npy").write_bytes(b"changed")
     assert ablation.inputs_fingerprint(params, copied) != reference
@@ -108,8 +106,8 @@ def test_the_code_fingerprint_covers_the_model_and_stage_sources(monkeypatch):
     assert ablation.code_fingerprint() != reference
 
 
-def test_frozen_backbone_ablations_keep_their_own_runs_and_report(tiny_workspace, ray_local, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_frozen_backbone_ablations_keep_their_own_runs_and_report(tiny_workspace, ray_local, mlflow_store, tmp_path,
+                                                                  monkeypatch):
     monkeypatch.chdir(tiny_workspace.root)
     base = dict(tiny_workspace.params_dict, train={**tiny_workspace.params_dict["train"], "epochs": 1})
     assert ablation.output_names(base) == ("", "ablations")

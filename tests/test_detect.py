@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,21 +14,23 @@ import pytest
 import yaml
 from matplotlib import cbook
 from PIL import Image
+from support import (
+    REPO,  # noqa: E402
+    repo_params,
+)
 
-from stages.data.manifest import manifest_table, write_table
-from stages.detect import (
+from core.data.manifest import manifest_table, write_table
+from core.detection.faces import (
     DETECTIONS_SCHEMA,
     STATUS_NO_FACE,
     STATUS_OK,
     STATUS_UNREADABLE,
     faces_for_people,
-    find_people,
     run,
 )
-from stages.errors import UserError
-from stages.params import DetectConfig
+from core.detection.people import find_people
+from core.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
 # A real photograph shipped with matplotlib (a dependency): Grace Hopper, 512 x 600, one face.
 GRACE_HOPPER = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 # Her face as MTCNN finds it in the whole frame (x1, y1, x2, y2), checked by eye.
@@ -78,7 +81,7 @@ def by_id(path: Path) -> dict[str, dict]:
 def test_stage_records_every_person(dataset, detector):
     root, manifest_dir, base = dataset
     out_dir = base / f"out_{detector}"
-    summary = run(DetectConfig(face_detector=detector, batch_size=3), root, manifest_dir, out_dir,
+    summary = run(replace(repo_params().detect, face_detector=detector, batch_size=3), root, manifest_dir, out_dir,
                   splits=["val"])
     table = pq.read_table(out_dir / "val.parquet")
     assert table.schema.equals(DETECTIONS_SCHEMA)
@@ -159,19 +162,19 @@ def test_unreadable_image_gives_unreadable_rows():
 def test_ray_data_path_matches_in_process(dataset):
     import ray
 
-    from stages.ray_utils import init_ray
+    from core.ray_utils import init_ray
 
     root, manifest_dir, base = dataset
     init_ray(num_cpus=2, object_store_memory=300 * 1024**2, temp_dir="/tmp/ray_detect_test")
     try:
         # Haar keeps the actors light (no torch); 2 batches -> 2 actors, blocks out of order.
-        summary = run(DetectConfig(face_detector="haar", ray_min_images=1, batch_size=4), root,
+        summary = run(replace(repo_params().detect, face_detector="haar", ray_min_images=1, batch_size=4), root,
                       manifest_dir, base / "out_ray", splits=["val"])
     finally:
         ray.shutdown()
     assert summary["splits"]["val"]["ray"] is True
     local = base / "out_local"
-    run(DetectConfig(face_detector="haar", batch_size=4), root, manifest_dir, local, splits=["val"])
+    run(replace(repo_params().detect, face_detector="haar", batch_size=4), root, manifest_dir, local, splits=["val"])
     assert pq.read_table(base / "out_ray" / "val.parquet").equals(pq.read_table(local / "val.parquet"))
 
 
@@ -182,7 +185,9 @@ def test_cli_runs_on_a_manifest(dataset, tmp_path):
                     tmp_path / "manifest" / f"{split}.parquet")
     shutil.copy(manifest_dir / "val.parquet", tmp_path / "manifest" / "val.parquet")
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"data": {"root": str(root)}, "detect": {"face_detector": "haar"}}))
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["data"]["root"], data["detect"]["face_detector"] = str(root), "haar"
+    params.write_text(yaml.safe_dump(data))
     done = subprocess.run(
         [sys.executable, "-m", "stages.detect", "--params", str(params),
          "--manifest-dir", str(tmp_path / "manifest"), "--out-dir", str(tmp_path / "detections")],
@@ -197,20 +202,20 @@ def test_cli_runs_on_a_manifest(dataset, tmp_path):
 def test_user_mistakes_are_clear_errors(dataset, tmp_path):
     root, manifest_dir, _ = dataset
     with pytest.raises(UserError, match="face_detector 'yolo'"):
-        run(DetectConfig(face_detector="yolo"), root, manifest_dir, tmp_path, splits=["val"])
+        run(replace(repo_params().detect, face_detector="yolo"), root, manifest_dir, tmp_path, splits=["val"])
     with pytest.raises(UserError, match="manifest not found: .*train.parquet"):
-        run(DetectConfig(), root, manifest_dir, tmp_path, splits=["train"])
+        run(repo_params().detect, root, manifest_dir, tmp_path, splits=["train"])
     with pytest.raises(UserError, match="dataset root not found"):
-        run(DetectConfig(), tmp_path / "nowhere", manifest_dir, tmp_path, splits=["val"])
+        run(repo_params().detect, tmp_path / "nowhere", manifest_dir, tmp_path, splits=["val"])
 
 
 def test_find_people_falls_back_to_hog_without_weights(tmp_path, monkeypatch):
     import torch
 
-    from stages import detect
+    from core.detection import people
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
-    detect._load_person_detector.cache_clear()
+    people.load_person_detector.cache_clear()
     try:
         found = find_people(Image.open(GRACE_HOPPER))
         assert found.detector == "hog"
@@ -222,21 +227,21 @@ def test_find_people_falls_back_to_hog_without_weights(tmp_path, monkeypatch):
         # Smaller than HOG's 64 x 128 window: nobody, no error.
         assert find_people(np.zeros((40, 30, 3), np.uint8)) == ([], "hog")
     finally:
-        detect._load_person_detector.cache_clear()
+        people.load_person_detector.cache_clear()
 
 
 def test_find_people_uses_a_local_weights_file(tmp_path):
     import torch
     from torchvision.models import get_model
 
-    from stages import detect
+    from core.detection import people
 
     name = "fasterrcnn_mobilenet_v3_large_320_fpn"  # the smallest torchvision detector
     torch.manual_seed(0)
     model = get_model(name, weights=None, weights_backbone=None, num_classes=91)
     weights = tmp_path / "detector.pth"
     torch.save(model.state_dict(), weights)
-    detect._load_person_detector.cache_clear()
+    people.load_person_detector.cache_clear()
     try:
         found = find_people(gradient_rgb(), detector=name, weights=str(weights), score_threshold=0.5)
         assert found.detector == f"{name} (detector.pth)"
@@ -249,4 +254,4 @@ def test_find_people_uses_a_local_weights_file(tmp_path):
         with pytest.raises(UserError, match="weights file not found"):
             find_people(gradient_rgb(), detector=name, weights=str(tmp_path / "absent.pth"))
     finally:
-        detect._load_person_detector.cache_clear()
+        people.load_person_detector.cache_clear()

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import REPO  # noqa: E402
 
-from stages.params import read_yaml
+from core.params import read_yaml
 
-REPO = Path(__file__).resolve().parents[1]
 PIPELINE = ["ingest", "detect", "objects", "cooccurrence", "embeddings", "train", "evaluate"]
 
 
@@ -49,7 +49,7 @@ def test_every_declared_dependency_and_param_exists():
     for name, stage in spec["stages"].items():
         assert stage["cmd"] == f"python -m stages.{name}"
         for dep in stage["deps"]:
-            if dep.startswith(("stages/", "models")):
+            if dep.startswith(("stages/", "core/", "models")):
                 assert (REPO / dep).exists(), f"{name}: {dep} does not exist"
         for key in stage.get("params", []):
             node = params
@@ -57,7 +57,7 @@ def test_every_declared_dependency_and_param_exists():
                 assert part in node, f"{name}: params key {key} is not in params.yaml"
                 node = node[part]
     # code a stage imports is a dependency of that stage
-    assert "models" in spec["stages"]["train"]["deps"] and "stages/metrics.py" in spec["stages"]["evaluate"]["deps"]
+    assert "models" in spec["stages"]["train"]["deps"] and "core/evaluation" in spec["stages"]["evaluate"]["deps"]
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +65,10 @@ def project_copy(tmp_path_factory):
     """The project's dvc.yaml and code in a fresh git+DVC repo, with tiny params and demo data."""
     import tiny_pipeline
 
-    from stages.data.synth import generate
+    from core.synth import generate
 
     root = tmp_path_factory.mktemp("dvcrepo")
-    for item in ("stages", "models", "dvc.yaml"):
+    for item in ("core", "stages", "models", "dvc.yaml"):
         source = REPO / item
         if source.is_dir():
             shutil.copytree(source, root / item, ignore=shutil.ignore_patterns("__pycache__"))

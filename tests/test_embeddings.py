@@ -5,19 +5,21 @@ import gzip
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from support import (
+    REPO,  # noqa: E402
+    repo_params,
+)
 
-from stages.data.labels import EMOTIC_CATEGORIES
-from stages.embeddings import label_words, run, stem_candidates
-from stages.errors import UserError
-from stages.params import EmbeddingsConfig
-
-REPO = Path(__file__).resolve().parents[1]
+from core.data.labels import EMOTIC_CATEGORIES
+from core.errors import UserError
+from core.graph.embeddings import label_words, run, stem_candidates
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ def test_label_words():
 def test_default_source_gives_glove_rows_and_averages_words(tmp_path, glove6b):
     matrix, row = glove6b
     labels = write_labels(tmp_path / "labels.json", list(EMOTIC_CATEGORIES))
-    summary = run(EmbeddingsConfig(), labels, tmp_path / "graph", seed=0)
+    summary = run(repo_params().embeddings, labels, tmp_path / "graph", seed=0)
     embeddings = np.load(tmp_path / "graph" / "label_embeddings.npy")
     assert embeddings.shape == (26, 50) and embeddings.dtype == np.float32
     assert summary["shape"] == [26, 50]
@@ -84,7 +86,7 @@ def test_glove_text_file_source_and_every_oov_rule(tmp_path):
     glove.write_text(GLOVE_TEXT)
     classes = ["Happy", "Doubt/Confusion", "Walking", "Blorptastic", "Sad-Blorptastic"]
     labels = write_labels(tmp_path / "labels.json", classes)
-    run(EmbeddingsConfig(source="glove_file", glove_file=str(glove)), labels, tmp_path / "a", seed=3)
+    run(replace(repo_params().embeddings, source="glove_file", glove_file=str(glove)), labels, tmp_path / "a", seed=3)
     z = np.load(tmp_path / "a" / "label_embeddings.npy")
     assert z.shape == (5, 3) and z.dtype == np.float32
     np.testing.assert_array_equal(z[0], [1.0, 0.0, 2.0])
@@ -106,9 +108,9 @@ def test_glove_text_file_source_and_every_oov_rule(tmp_path):
     gz = tmp_path / "glove.3d.txt.gz"
     with gzip.open(gz, "wt") as fh:
         fh.write(GLOVE_TEXT)
-    run(EmbeddingsConfig(source="glove_file", glove_file=str(gz)), labels, tmp_path / "b", seed=3)
+    run(replace(repo_params().embeddings, source="glove_file", glove_file=str(gz)), labels, tmp_path / "b", seed=3)
     np.testing.assert_array_equal(np.load(tmp_path / "b" / "label_embeddings.npy"), z)
-    run(EmbeddingsConfig(source="glove_file", glove_file=str(glove)), labels, tmp_path / "c", seed=4)
+    run(replace(repo_params().embeddings, source="glove_file", glove_file=str(glove)), labels, tmp_path / "c", seed=4)
     other = np.load(tmp_path / "c" / "label_embeddings.npy")
     np.testing.assert_array_equal(other[:3], z[:3])
     assert not np.allclose(other[3], z[3])
@@ -117,21 +119,23 @@ def test_glove_text_file_source_and_every_oov_rule(tmp_path):
 def test_bad_sources_are_user_errors(tmp_path):
     labels = write_labels(tmp_path / "labels.json", ["Happy"])
     with pytest.raises(UserError, match="glove_file is not set"):
-        run(EmbeddingsConfig(source="glove_file"), labels, tmp_path / "out")
+        run(replace(repo_params().embeddings, source="glove_file"), labels, tmp_path / "out")
     with pytest.raises(UserError, match="glove_file not found"):
-        run(EmbeddingsConfig(source="glove_file", glove_file=str(tmp_path / "absent.txt")), labels, tmp_path)
+        run(replace(repo_params().embeddings, source="glove_file", glove_file=str(tmp_path / "absent.txt")), labels, tmp_path)
     with pytest.raises(UserError, match="source 'word2vec' is unknown"):
-        run(EmbeddingsConfig(source="word2vec"), labels, tmp_path / "out")
+        run(replace(repo_params().embeddings, source="word2vec"), labels, tmp_path / "out")
     ragged = tmp_path / "ragged.txt"
     ragged.write_text("sad 1.0 2.0 3.0\nhappy 1.0 2.0\n")
     with pytest.raises(UserError, match=r"ragged.txt:2: 'happy' has 2 values, expected 3"):
-        run(EmbeddingsConfig(source="glove_file", glove_file=str(ragged)), labels, tmp_path / "out")
+        run(replace(repo_params().embeddings, source="glove_file", glove_file=str(ragged)), labels, tmp_path / "out")
 
 
 def test_cli(tmp_path):
     labels = write_labels(tmp_path / "labels.json", ["Anger", "Disquietment"])
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"seed": 0, "embeddings": {"source": "glove6b50", "glove_file": None}}))
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["embeddings"] = {"source": "glove6b50", "glove_file": None}
+    params.write_text(yaml.safe_dump(data))
     done = subprocess.run(
         [sys.executable, "-m", "stages.embeddings", "--params", str(params), "--labels", str(labels),
          "--out-dir", str(tmp_path / "graph")],

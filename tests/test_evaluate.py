@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from stages import evaluate
+from core.evaluation import evaluate
+from core.workspace import Workspace
 
 CLASSES = ["A", "B", "C"]
 
@@ -53,20 +54,22 @@ def test_multiclass_results_and_majority_baseline():
 
 
 def test_evaluate_stage_on_a_trained_tiny_model(tiny_workspace, ray_local, tmp_path):
-    from stages import train
-    from stages.inference import load_model_package
+    from core.inference import load_model_package
+    from core.training import trainer
 
     paths = tiny_workspace.train_paths("evaluated")
-    train.run(tiny_workspace.params, paths, track=False)
-    eval_paths = evaluate.EvalPaths(
-        data_root=paths.data_root, manifest_dir=paths.manifest_dir, objects_dir=paths.objects_dir,
-        model_dir=paths.model_dir, thresholds_file=tmp_path / "thresholds.json",
-        metrics_file=tmp_path / "metrics.json", plots_dir=tmp_path / "plots",
-    )
+    trainer.run(tiny_workspace.params, paths, track=False)
+    eval_paths = paths.moved(thresholds_file=tmp_path / "thresholds.json", metrics_file=tmp_path / "metrics.json",
+                             details_file=tmp_path / "metrics_per_class.json", plots_dir=tmp_path / "plots")
     results = evaluate.run(eval_paths, batch_size=4)
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["mAP"] == pytest.approx(results["mAP"]) and written["task"] == "multilabel"
-    assert set(written["per_class"]) == set(load_model_package(paths.model_dir).classes)
+    # the DVC metrics file is the short table; per-class figures live beside it
+    assert set(written) == {"task", "dataset", "num_examples", "mAP", "baseline_mAP", "val_mAP", "c_f1", "o_f1",
+                            "jaccard"}
+    details = json.loads((tmp_path / "metrics_per_class.json").read_text())
+    assert set(details["per_class"]) == set(load_model_package(paths.model_dir).classes)
+    assert details["mAP"] == written["mAP"]
 
     # the numbers are those of the scoring path recomputed independently
     package = load_model_package(paths.model_dir)
@@ -80,7 +83,7 @@ def test_evaluate_stage_on_a_trained_tiny_model(tiny_workspace, ray_local, tmp_p
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    from stages.errors import UserError
+    from core.errors import UserError
 
     with pytest.raises(UserError, match="run the train stage"):
-        evaluate.run(evaluate.EvalPaths(data_root=tmp_path, model_dir=tmp_path / "none"))
+        evaluate.run(Workspace.at(tmp_path, data_root=tmp_path, model_dir=tmp_path / "none"), batch_size=4)

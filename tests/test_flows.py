@@ -24,11 +24,13 @@ from typing import Any
 
 import pytest
 import yaml
+from support import REPO  # noqa: E402
 
+from core import faults
+from core.errors import UserError
+from core.workspace import Workspace
 from pipelines import flows, registry
-from stages.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "ctxemo-flow-test"
 # Appended before the stage's `if __name__ == "__main__":`, so `main()` calls this `run`.
 BROKEN_EVALUATION = ('def run(*args, **kwargs):\n'
@@ -68,7 +70,7 @@ def workspace(tiny_workspace, tmp_path_factory) -> Path:
     ws = tmp_path_factory.mktemp("dvc-ws")
     shutil.copytree(tiny_workspace.root / "raw", ws / "raw")
     shutil.copytree(tiny_workspace.root / "data", ws / "data")
-    for code in ("stages", "models"):
+    for code in ("core", "stages", "models"):
         shutil.copytree(REPO / code, ws / code, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", ws / "dvc.yaml")
     (ws / "reports").mkdir()
@@ -108,7 +110,12 @@ class FlowRunRecord:
 def run_flow(flow_fn, wait_for_log: str | None = None, **parameters) -> FlowRunRecord:
     """Run a flow and read its state, task runs and logs back through the API it ran against."""
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
 
     state = flow_fn(**parameters, return_state=True)
     flow_run_id = state.state_details.flow_run_id
@@ -139,9 +146,10 @@ def first_run(workspace, ray_local):
     """retrain on a fresh workspace; evaluation fails once (injected) and succeeds on its retry."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
-        record = run_flow(flows.retrain, wait_for_log="injected failure", workspace=str(workspace),
-                          retry_backoff_seconds=0.2, chaos={"step": "evaluate", "failures": 1})
+    evaluate_fails_once = faults.Fault("flow.step", when={"step": "evaluate"}, times=1)
+    with prefect_test_harness(), faults.inject(evaluate_fails_once):
+        record = run_flow(flows.retrain, wait_for_log="injected fault", workspace=str(workspace),
+                          retry_backoff_seconds=0.2)
     return record, run_id_of(workspace)
 
 
@@ -182,7 +190,7 @@ def test_a_step_that_fails_once_succeeds_on_its_retry(first_run):
     evaluate = record.task_run("evaluate")
     assert evaluate.run_count == 2 and evaluate.state.type == StateType.COMPLETED
     assert record.task_run("reproduce").run_count == 1
-    assert "injected failure in step 'evaluate' (attempt 1)" in record.logs
+    assert "injected fault at flow.step (step='evaluate', attempt=1)" in record.logs
 
 
 # --------------------------------------------------------------------------- a real Prefect server
@@ -275,7 +283,7 @@ def test_a_failed_evaluation_fails_the_flow_run_on_a_prefect_server_and_leaves_t
     assert len(client.search_model_versions(f"name='{MODEL_NAME}'")) == 1
     # DVC removed the old metrics.json before the failed stage: promoting by hand is refused too
     with pytest.raises(UserError, match="evaluate the model first"):
-        registry.evaluated_model(registry.WorkspaceLayout(workspace), client)
+        registry.evaluated_model(Workspace.at(workspace), client)
 
 
 def test_serving_the_schedule_registers_a_weekly_deployment_the_server_schedules(workspace, prefect_server):

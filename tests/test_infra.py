@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from support import REPO  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
 _spec = importlib.util.spec_from_file_location("ctxemo_infra_render", INFRA / "render.py")
 _render_module = importlib.util.module_from_spec(_spec)
@@ -351,7 +351,7 @@ def test_project_image_installs_the_project_from_pyproject_and_copies_only_exist
         for source in sources:
             assert (REPO / source).exists(), source
             assert f"!{source}" in ignore or f"!{source}/**" in ignore, f"{source} is excluded from the context"
-    assert {"models", "stages", "pipelines"} <= {s for c in copies for s in c}
+    assert {"models", "core", "stages", "pipelines"} <= {s for c in copies for s in c}
     package_roots = set(pyproject()["tool"]["setuptools"]["packages"]["find"]["include"])
     assert {root.rstrip("*") for root in package_roots} <= {s for c in copies for s in c}
 
@@ -401,7 +401,7 @@ PLACEHOLDER_VALUE = re.compile(r"^(|change-me|<[^>]+>|\$\{[^}]+\}|\$\(\w+\)|your
 
 def _scanned_files() -> list[Path]:
     files = [p for p in INFRA.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-    for package in ("models", "stages", "pipelines"):
+    for package in ("models", "core", "stages", "pipelines"):
         files += sorted((REPO / package).rglob("*.py"))
     files += [REPO / name for name in ("dvc.yaml", "params.yaml", "pyproject.toml", "Makefile", ".dvc/config")
               if (REPO / name).is_file()]
@@ -433,7 +433,7 @@ def _allowed_hosts() -> set[str]:
 
 
 def test_no_host_name_is_hard_coded_and_endpoints_come_from_the_environment():
-    from stages.settings import StorageSettings
+    from core.storage import StorageSettings
 
     allowed = _allowed_hosts()
     offenders = []

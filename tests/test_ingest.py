@@ -7,21 +7,29 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-
-from stages.data.labels import CAERS_CLASSES, EMOTIC_CATEGORIES
-from stages.data.manifest import MANIFEST_SCHEMA, QUARANTINE_SCHEMA, read_labels, read_manifest
-from stages.errors import UserError
-from stages.ingest import check_image, main, run
-from stages.params import DataConfig
+from support import (
+    REPO,  # noqa: E402
+    repo_params,
+)
 from test_readers import EXCERPT_CSV, idx, image_record, train_person, write_emotic_mat
 
-REPO = Path(__file__).resolve().parents[1]
+from core.data.ingest import check_image, run
+from core.data.labels import CAERS_CLASSES, EMOTIC_CATEGORIES
+from core.data.manifest import (
+    MANIFEST_SCHEMA,
+    QUARANTINE_SCHEMA,
+    read_labels,
+    read_manifest,
+)
+from core.errors import UserError
+from stages.ingest import main
 
 
 def noise_image(path: Path, size_wh: tuple[int, int], seed: int = 0, fmt: str | None = None) -> bytes:
@@ -77,7 +85,7 @@ def emotic_bad_inputs(tmp_path):
 
 def test_emotic_mat_ingest_writes_the_manifest_and_quarantines_each_bad_input(emotic_bad_inputs, tmp_path):
     out = tmp_path / "data"
-    summary = run(DataConfig(kind="emotic", root=str(emotic_bad_inputs), annotations="Annotations.mat"),
+    summary = run(replace(repo_params().data, kind="emotic", root=str(emotic_bad_inputs), annotations="Annotations.mat"),
                   seed=0, out_dir=out)
 
     train = read_manifest("train", out / "manifest")
@@ -124,7 +132,7 @@ def test_emotic_mat_ingest_writes_the_manifest_and_quarantines_each_bad_input(em
 
 
 def test_without_verify_images_only_headers_are_read(emotic_bad_inputs, tmp_path):
-    summary = run(DataConfig(kind="emotic", root=str(emotic_bad_inputs), verify_images=False),
+    summary = run(replace(repo_params().data, kind="emotic", root=str(emotic_bad_inputs), verify_images=False),
                   seed=0, out_dir=tmp_path / "data")
     reasons = summary["quarantine"]["by_reason"]
     assert reasons["missing_image"] == 1 and reasons["unreadable_image"] == 1
@@ -159,7 +167,7 @@ def test_emotic_csv_excerpt_with_generated_images_is_all_valid(tmp_path):
     for (folder, filename), (w, h) in sizes.items():
         Image.new("RGB", (w, h), (90, 120, 150)).save(_mkdir(root / folder) / filename)
     out = tmp_path / "data"
-    summary = run(DataConfig(kind="emotic", root=str(root), annotations="annotations_val.csv"), seed=0, out_dir=out)
+    summary = run(replace(repo_params().data, kind="emotic", root=str(root), annotations="annotations_val.csv"), seed=0, out_dir=out)
     assert summary["rows"] == {"train": 0, "val": 40, "test": 0, "total": 40}
     assert summary["quarantine"]["total"] == 0 and summary["boxes_clamped"]["val"] == 0
     assert summary["image_size_mismatch"]["val"] == 0
@@ -192,7 +200,7 @@ def test_caers_ingest_carves_a_stratified_seeded_val_split(tmp_path):
     root = tmp_path / "caers"
     make_caers(root, {"train/Angry": 10, "train/Happy": 20, "train/Fear": 1, "test/Anger": 3, "test/Happy": 2})
     (root / "faces_test.txt").write_text("test/Anger/0000.png,0,2,3,12,14\ntest/Happy/0001.png,0,2,3,12,14\n")
-    cfg = DataConfig(kind="caers", root=str(root), annotations="faces_test.txt", val_fraction=0.2)
+    cfg = replace(repo_params().data, kind="caers", root=str(root), annotations="faces_test.txt", val_fraction=0.2)
 
     out0 = tmp_path / "seed0"
     summary = run(cfg, seed=0, out_dir=out0)
@@ -232,7 +240,7 @@ def test_caers_ingest_carves_a_stratified_seeded_val_split(tmp_path):
 def test_caers_with_a_val_folder_keeps_it(tmp_path):
     root = tmp_path / "caers"
     make_caers(root, {"train/Sad": 4, "val/Sad": 2, "test/Sad": 1})
-    summary = run(DataConfig(kind="caers", root=str(root), annotations=None), seed=0, out_dir=tmp_path / "d")
+    summary = run(replace(repo_params().data, kind="caers", root=str(root), annotations=None), seed=0, out_dir=tmp_path / "d")
     assert summary["rows"] == {"train": 4, "val": 2, "test": 1, "total": 7}
     assert summary["val_split"] == "official"
     assert not (tmp_path / "d" / "manifest" / "caers_val_split.json").exists()
@@ -248,7 +256,7 @@ def test_zero_valid_rows_is_a_user_error_and_writes_nothing(tmp_path):
         image_record("x/images", "gone2.jpg", (10, 10), [train_person([1, 1, 5, 5], ["Peace"])]),
     ]})
     with pytest.raises(UserError) as err:
-        run(DataConfig(kind="emotic", root=str(root)), seed=0, out_dir=tmp_path / "data")
+        run(replace(repo_params().data, kind="emotic", root=str(root)), seed=0, out_dir=tmp_path / "data")
     message = str(err.value)
     assert "no valid rows in" in message and "all 2 quarantined (missing_image 2)" in message
     assert "Annotations.mat:train[0]/person[0]" in message and "\n" not in message
@@ -257,14 +265,14 @@ def test_zero_valid_rows_is_a_user_error_and_writes_nothing(tmp_path):
 
 def test_wrong_paths_and_settings_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="dataset root not found"):
-        run(DataConfig(kind="emotic", root=str(tmp_path / "nope")), seed=0, out_dir=tmp_path / "d")
+        run(replace(repo_params().data, kind="emotic", root=str(tmp_path / "nope")), seed=0, out_dir=tmp_path / "d")
     with pytest.raises(UserError, match="annotations file not found"):
-        run(DataConfig(kind="emotic", root=str(tmp_path), annotations="Annotations.mat"), 0, tmp_path / "d")
+        run(replace(repo_params().data, kind="emotic", root=str(tmp_path), annotations="Annotations.mat"), 0, tmp_path / "d")
     with pytest.raises(UserError, match=r"val_fraction is 1.5; it must be in \[0, 1\)"):
-        run(DataConfig(kind="caers", root=str(tmp_path), val_fraction=1.5), 0, tmp_path / "d")
+        run(replace(repo_params().data, kind="caers", root=str(tmp_path), val_fraction=1.5), 0, tmp_path / "d")
     with pytest.raises(UserError, match="no rows found"):
         (tmp_path / "annotations_train.csv").write_text("")
-        run(DataConfig(kind="emotic", root=str(tmp_path), annotations="annotations_train.csv"), 0, tmp_path / "d")
+        run(replace(repo_params().data, kind="emotic", root=str(tmp_path), annotations="annotations_train.csv"), 0, tmp_path / "d")
 
 
 def write_params(path: Path, data: dict) -> Path:
@@ -294,7 +302,11 @@ def test_main_prints_the_per_reason_counts(emotic_bad_inputs, tmp_path, capsys):
                                                      "annotations": "Annotations.mat", "verify_images": True})
     metrics = tmp_path / "reports" / "ingest.json"
     assert main(["--params", str(params), "--out", str(tmp_path / "data"), "--metrics", str(metrics)]) == 0
-    assert json.loads(metrics.read_text()) == json.loads((tmp_path / "data" / "manifest" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "data" / "manifest" / "summary.json").read_text())
+    # the DVC metrics are the counts; the full summary (reasons, label frequencies) stays in the manifest
+    assert json.loads(metrics.read_text()) == {"persons": {"train": 3, "val": 1, "test": 1, "total": 5},
+                                               "quarantined": 8, "boxes_clamped": 1}
+    assert summary["rows"] == {"train": 3, "val": 1, "test": 1, "total": 5} and summary["quarantine"]["total"] == 8
     printed = capsys.readouterr().out
     assert "train 3, val 1, test 1 persons" in printed
     assert ("quarantined 8: box_outside_image 1, duplicate_row 1, malformed_row 1, missing_image 1, "
@@ -303,8 +315,7 @@ def test_main_prints_the_per_reason_counts(emotic_bad_inputs, tmp_path, capsys):
 
 
 def test_a_bad_params_file_is_one_line_too(tmp_path, capsys):
-    bad = tmp_path / "params.yaml"
-    bad.write_text("data:\n  kind: emotic\n  rooot: x\n")
+    bad = write_params(tmp_path / "params.yaml", {"rooot": "x"})
     assert main(["--params", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "rooot" in err
@@ -322,13 +333,13 @@ def _manifest_rows(out: Path) -> list[tuple]:
 
 
 def test_generated_emotic_data_ingests_completely_from_mat_and_from_csv(tmp_path):
-    from stages.data.synth import generate
+    from core.synth import generate
 
     made = generate(tmp_path / "emotic", images=24, seed=3, fmt="emotic")
     summaries = {}
     for annotations in ("Annotations.mat", "annotations_train.csv"):
         out = tmp_path / annotations
-        summaries[annotations] = run(DataConfig(kind="emotic", root=str(tmp_path / "emotic"),
+        summaries[annotations] = run(replace(repo_params().data, kind="emotic", root=str(tmp_path / "emotic"),
                                                 annotations=annotations), seed=0, out_dir=out)
         s = summaries[annotations]
         assert {k: s["rows"][k] for k in ("train", "val", "test")} == made["persons"]
@@ -345,11 +356,11 @@ def test_generated_emotic_data_ingests_completely_from_mat_and_from_csv(tmp_path
 
 
 def test_generated_caers_data_ingests_completely_with_a_carved_val(tmp_path):
-    from stages.data.synth import generate
+    from core.synth import generate
 
     made = generate(tmp_path / "caers", images=28, seed=3, fmt="caers")
     fraction = 0.34
-    s = run(DataConfig(kind="caers", root=str(tmp_path / "caers"), annotations="face_boxes.txt",
+    s = run(replace(repo_params().data, kind="caers", root=str(tmp_path / "caers"), annotations="face_boxes.txt",
                        val_fraction=fraction), seed=5, out_dir=tmp_path / "data")
     train_per_class = made["label_counts_by_split"]["train"]
     expected_val = sum(min(int(n * fraction + 0.5), n - 1) for n in train_per_class.values() if n)

@@ -1,4 +1,4 @@
-"""stages/metrics.py against scikit-learn and against numbers computed by hand."""
+"""core/evaluation/metrics.py against scikit-learn and against numbers computed by hand."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, jaccard_score
 
-from stages.metrics import (
+from core.evaluation.metrics import (
     Thresholds,
     average_precision,
     binarize,
@@ -18,7 +18,6 @@ from stages.metrics import (
     multiclass_report,
     multilabel_report,
 )
-
 
 # --- AP / mAP -------------------------------------------------------------------------
 

@@ -6,13 +6,14 @@ import dataclasses
 import io
 import json
 import urllib.error
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
+from support import REPO  # noqa: E402
 
+from core.params import load_params
 from models import (
     ModelOutput,
     available_models,
@@ -23,9 +24,7 @@ from models import (
 )
 from models.backbones import PretrainedWeightsUnavailable, available_backbones
 from models.config import ConfigError, ModelConfig, replace_path
-from stages.params import load_params
 
-REPO = Path(__file__).resolve().parents[1]
 INPUT = 64
 EMOTIC_CLASSES, CAERS_CLASSES = 26, 7
 EMBED_DIM = 50

@@ -14,15 +14,20 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from support import REPO  # noqa: E402
 
-from stages import objects
-from stages.data.images import ImageReadError, load_rgb
-from stages.data.manifest import manifest_table, write_table
-from stages.data.object_store import ObjectStore
-from stages.errors import UserError
-from stages.params import load_params
+from core.data.images import ImageReadError, load_rgb
+from core.data.manifest import manifest_table, write_table
+from core.data.object_store import ObjectStore
+from core.errors import UserError
+from core.features import objects
+from core.features.extractor import ObjectFeatureExtractor
+from core.features.roi_model import build_model, prepare_image
+from core.features.selection import iou_with, select_for_person
+from core.features.shards import ARRAY_NAMES
+from core.features.weights import WeightsChoice, cached_checkpoint
+from core.params import load_params
 
-REPO = Path(__file__).resolve().parents[1]
 TOP_N = 3
 IMAGE_SIZE = 48
 
@@ -122,7 +127,7 @@ def local_result(tmp_path_factory):
 
 
 def load_split(split_dir: Path) -> dict[str, np.ndarray]:
-    return {name: np.load(split_dir / f"{name}.npy") for name in objects.ARRAY_NAMES}
+    return {name: np.load(split_dir / f"{name}.npy") for name in ARRAY_NAMES}
 
 
 def row_by_id(split_dir: Path) -> dict[str, int]:
@@ -228,7 +233,7 @@ def test_roi_feature_equals_direct_res5_of_roi_align(local_result):
         torch.manual_seed(0)
         resnet = torchvision.models.resnet50().eval()
     rgb = np.array(Image.open(root / "img/a.jpg").convert("RGB"))
-    image, (sx, sy) = objects.prepare_image(rgb, IMAGE_SIZE)
+    image, (sx, sy) = prepare_image(rgb, IMAGE_SIZE)
     assert image.shape[-2:] == (IMAGE_SIZE, round(96 * IMAGE_SIZE / 64)) and (sx, sy) == (72 / 96, 48 / 64)
     box = arrays["boxes"][rows["a0"]][1]
     with torch.no_grad():
@@ -242,6 +247,37 @@ def test_roi_feature_equals_direct_res5_of_roi_align(local_result):
     stored = arrays["features"][rows["a0"]][1].astype(np.float32)
     np.testing.assert_allclose(stored, direct, rtol=2e-3, atol=1e-3)
     assert np.abs(direct).max() > 0.1
+
+
+def test_the_public_extractor_gives_the_stages_numbers(local_result, tmp_path):
+    from core.detection import people as people_detection
+
+    root, _, out_dir, _ = local_result
+    meta = json.loads((out_dir / "train" / "meta.json").read_text())
+    params = small_params(root)
+    extractor = ObjectFeatureExtractor(params.objects, params.seed, meta, data_root=root)
+    assert extractor.weights.as_dict() == meta["weights"]
+    arrays, rows = load_split(out_dir / "train"), row_by_id(out_dir / "train")
+    for image_path, (_, _, people) in IMAGES.items():
+        if image_path == "img/d.jpg":   # unreadable: the caller's load_rgb fails before any extraction
+            continue
+        found = extractor.extract(load_rgb(root / image_path), [box for _, box in people], image_path=root / image_path)
+        if image_path != "img/c.jpg":   # c.jpg has no rows in the boxes file: no objects either way
+            assert found.source == "data set boxes (object_boxes.csv)" and found.class_names == meta["classes"]
+        for (sample_id, _), person in zip(people, found.people, strict=True):
+            row = rows[sample_id]
+            for name, stored in (("features", "features"), ("boxes", "boxes"), ("scores", "scores"),
+                                 ("classes", "classes"), ("count", "counts")):
+                np.testing.assert_array_equal(getattr(person, name), arrays[stored][row], err_msg=f"{sample_id}/{name}")
+
+    # Outside the data set and without cached detector weights there are no object boxes, and it says so.
+    people_detection.load_person_detector.cache_clear()
+    outside = tmp_path / "photo.png"
+    outside.write_bytes((root / "img/a.jpg").read_bytes())
+    found = extractor.extract(load_rgb(outside), [[4, 4, 40, 60]], image_path=outside)
+    assert found.source.startswith("none:") and found.people[0].count == 0
+    with pytest.raises(UserError, match="does not match the model's params"):
+        ObjectFeatureExtractor(params.objects, params.seed, {**meta, "top_n": TOP_N + 1}, data_root=root)
 
 
 def test_object_store_reads_back(local_result):
@@ -270,7 +306,7 @@ def test_object_store_reads_back(local_result):
 def local_ray(tmp_path_factory):
     import ray
 
-    from stages.ray_utils import init_ray
+    from core.ray_utils import init_ray
 
     if ray.is_initialized():   # left over by another test module: this test needs exactly 2 CPUs
         ray.shutdown()
@@ -306,7 +342,7 @@ def test_ray_run_resumes_and_matches_uninterrupted_run(local_result, local_ray, 
     assert any("train shard 3/3 done" in line for line in logs)
     for split in ("train", "val"):
         resumed, reference = load_split(out_dir / split), load_split(reference_dir / split)
-        for name in objects.ARRAY_NAMES:
+        for name in ARRAY_NAMES:
             np.testing.assert_array_equal(resumed[name], reference[name], err_msg=f"{split}/{name}")
     assert not (shard_root / "train").exists()
 
@@ -363,7 +399,7 @@ def test_cached_torchvision_weights_are_used_without_network(local_result, tmp_p
     root, manifest_dir, reference_dir, _ = local_result
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     enum = torchvision.models.ResNet50_Weights.IMAGENET1K_V1
-    cached = objects.cached_checkpoint(enum)
+    cached = cached_checkpoint(enum)
     assert cached.parent == tmp_path / "torch_home" / "hub" / "checkpoints"
     cached.parent.mkdir(parents=True)
     with torch.random.fork_rng(devices=[]):
@@ -384,8 +420,8 @@ def test_detector_file_gives_its_resnet_body_to_dataset_boxes():
         torch.manual_seed(3)
         detector = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
     cfg = dataclasses.replace(load_params(REPO / "params.yaml").objects, boxes="dataset")
-    choice = objects.WeightsChoice("file", "detector.pth", "0" * 64)
-    model = objects.build_model(cfg, choice, detector.state_dict(), seed=0)
+    choice = WeightsChoice("file", "detector.pth", "0" * 64)
+    model = build_model(cfg, choice, detector.state_dict(), seed=0)
     for name, tensor in detector.backbone.body.layer4.state_dict().items():
         torch.testing.assert_close(model.layer4.state_dict()[name], tensor, rtol=0, atol=0)
     torch.testing.assert_close(model.stem[0].weight, detector.backbone.body.conv1.weight, rtol=0, atol=0)
@@ -405,7 +441,7 @@ def test_detector_boxes_with_random_detector(local_result, tmp_path):
     assert np.all(boxes[:, [0, 1]] >= 0) and np.all(boxes[:, 2] <= 64) and np.all(boxes[:, 3] <= 64)
     assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(np.diff(arrays["scores"][0, :count]) <= 0)
     assert np.all((arrays["classes"][0, :count] >= 1) & (arrays["classes"][0, :count] < 91))
-    assert np.all(objects.iou_with(np.float32([8, 8, 40, 56]), boxes) < params.objects.exclude_iou)
+    assert np.all(iou_with(np.float32([8, 8, 40, 56]), boxes) < params.objects.exclude_iou)
     assert np.all(np.isfinite(arrays["features"][0, :count].astype(np.float32)))
     assert np.any(arrays["features"][0, :count] != 0) and np.all(arrays["features"][0, count:] == 0)
 
@@ -414,11 +450,11 @@ def test_selection_and_iou_units():
     boxes = np.float32([[0, 0, 10, 10], [0, 0, 10, 9], [20, 20, 30, 30], [5, 5, 15, 15], [40, 40, 50, 50]])
     scores = np.float32([0.9, 0.8, 0.5, 0.5, 0.7])
     expected = torchvision.ops.box_iou(torch.tensor(boxes[:1]), torch.tensor(boxes))[0].numpy()
-    np.testing.assert_allclose(objects.iou_with(boxes[0], boxes), expected, rtol=1e-6)
+    np.testing.assert_allclose(iou_with(boxes[0], boxes), expected, rtol=1e-6)
     # Box 0 is the person, box 1 overlaps it at IoU 0.9: both excluded; ties keep file order.
-    np.testing.assert_array_equal(objects.select_for_person(boxes, scores, [0, 0, 10, 10], 3, 0.7), [4, 2, 3])
-    np.testing.assert_array_equal(objects.select_for_person(boxes, scores, [0, 0, 10, 10], 10, 0.95), [1, 4, 2, 3])
-    assert objects.select_for_person(boxes[:0], scores[:0], [0, 0, 1, 1], 3, 0.7).shape == (0,)
+    np.testing.assert_array_equal(select_for_person(boxes, scores, [0, 0, 10, 10], 3, 0.7), [4, 2, 3])
+    np.testing.assert_array_equal(select_for_person(boxes, scores, [0, 0, 10, 10], 10, 0.95), [1, 4, 2, 3])
+    assert select_for_person(boxes[:0], scores[:0], [0, 0, 1, 1], 3, 0.7).shape == (0,)
 
 
 def test_load_rgb_errors(tmp_path):

@@ -14,11 +14,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from support import use_mlflow_store
 
+from core.data.manifest import read_manifest
+from core.evaluation import evaluate
+from core.params import apply_overrides, params_from_dict
+from core.training import trainer
 from pipelines import predict, registry
-from stages import evaluate, train
-from stages.data.manifest import read_manifest
-from stages.params import apply_overrides, params_from_dict
 
 MODEL_NAME = "ctxemo-predict-test"
 
@@ -28,20 +30,13 @@ def champion(tiny_workspace, ray_local, tmp_path_factory):
     """A trained, evaluated model registered as champion; the MLflow store is the module's own."""
     store = tmp_path_factory.mktemp("predict-mlflow")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
-        patch.setenv("CTXEMO_MLFLOW_ARTIFACT_ROOT", (store / "artifacts").as_uri())
+        use_mlflow_store(patch, store)
         params = params_from_dict(apply_overrides(tiny_workspace.params_dict, {"train.epochs": 1}))
         paths = tiny_workspace.train_paths("predict")
-        train.run(params, paths)
+        trainer.run(params, paths)
         run_dir = Path(paths.model_dir).parent
-        eval_paths = evaluate.EvalPaths(
-            data_root=tiny_workspace.root / "raw", manifest_dir=tiny_workspace.data / "manifest",
-            objects_dir=tiny_workspace.data / "objects", model_dir=paths.model_dir,
-            thresholds_file=run_dir / "thresholds.json", metrics_file=run_dir / "metrics.json",
-            plots_dir=run_dir / "plots")
+        eval_paths = layout = paths
         evaluate.run(eval_paths, batch_size=params.train.batch_size)
-        layout = registry.WorkspaceLayout(root=tiny_workspace.root, model_dir=Path(paths.model_dir),
-                                          metrics_file=run_dir / "metrics.json")
         promoted = registry.register_and_promote(tiny_workspace.root, MODEL_NAME, 0.005, layout=layout)
         assert promoted.decision.applied
         yield {"uri": f"models:/{MODEL_NAME}@champion", "artifacts": run_dir, "eval_paths": eval_paths,
@@ -51,7 +46,7 @@ def champion(tiny_workspace, ray_local, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(champion):
     """Scores of every test person through the evaluation path, one person per batch."""
-    from stages.inference import load_model_package
+    from core.inference import load_model_package
 
     package = load_model_package(champion["artifacts"] / "model", champion["artifacts"] / "thresholds.json")
     _, scores = evaluate.score_split(package, champion["eval_paths"], "test", batch_size=1)
@@ -93,8 +88,8 @@ def test_a_local_artifacts_folder_gives_the_same_predictions_as_the_registry(cha
 def test_the_top_objects_are_the_ones_boa_attends_to_most(champion, reference, predictor):
     from torch.utils.data import DataLoader
 
-    from stages.data.dataset import PersonDataset
-    from stages.inference import predict_loader
+    from core.data.dataset import PersonDataset
+    from core.inference import predict_loader
 
     package, manifest, _ = reference
     paths = champion["eval_paths"]
@@ -115,8 +110,8 @@ def test_the_top_objects_are_the_ones_boa_attends_to_most(champion, reference, p
 
 
 def test_people_are_detected_when_no_box_is_given(champion, predictor):
-    from stages.data.images import load_rgb
-    from stages.detect import find_people
+    from core.data.images import load_rgb
+    from core.detection.people import find_people
 
     manifest = read_manifest("test", champion["eval_paths"].manifest_dir)
     image = champion["eval_paths"].data_root / manifest.iloc[0]["image_path"]

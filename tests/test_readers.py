@@ -1,4 +1,8 @@
-"""Dataset readers: the real EMOTIC CSV fixture, the official .mat layout, CAER-S trees.
+"""Dataset readers: real EMOTIC CSV and CAER-S face-box rows, the official .mat layout, CAER-S trees.
+
+The real rows come from excerpts in tests/fixtures (whole images of the EMOTIC val file, odd
+boxes of the CAER-S face-box file), checked against numbers counted independently; the tests
+over the whole files skip when ../shared/fixtures is absent (conftest.shared_fixture).
 
 Also home of the helpers that write the official EMOTIC Annotations.mat layout with
 scipy.io.savemat (test_ingest.py imports them).
@@ -12,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from conftest import FIXTURES, shared_fixture
 
-from stages.data.labels import CAERS_CLASSES, EMOTIC_CATEGORIES
-from stages.data.manifest import Quarantine
-from stages.data.readers import (
+from core.data.labels import CAERS_CLASSES, EMOTIC_CATEGORIES
+from core.data.manifest import Quarantine
+from core.data.readers import (
     caers_class_index,
     read_caers,
     read_dataset,
@@ -25,12 +30,14 @@ from stages.data.readers import (
     read_face_boxes,
     split_siblings,
 )
-from stages.errors import UserError
+from core.errors import UserError
 
-SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-EMOTIC_VAL_CSV = SHARED_FIXTURES / "emotic_val_annotations.csv"
-CAERS_FACE_BOXES = SHARED_FIXTURES / "caers_test_face_boxes.txt"
-EXCERPT_CSV = Path(__file__).resolve().parent / "fixtures" / "emotic_csv" / "annotations_val.csv"
+EMOTIC_VAL_CSV = "emotic_val_annotations.csv"          # whole files: shared_fixture(name)
+CAERS_FACE_BOXES = "caers_test_face_boxes.txt"
+EXCERPT_CSV = FIXTURES / "emotic_csv" / "annotations_val.csv"   # its first 40 rows
+# 44 rows (17 whole images, original Index kept) and 30 face-box rows chosen for what they exercise
+VAL_EXCERPT = FIXTURES / "emotic_val_excerpt.csv"
+FACE_BOX_EXCERPT = FIXTURES / "caers_test_face_boxes_excerpt.txt"
 
 NAN = float("nan")
 
@@ -92,10 +99,69 @@ def write_emotic_mat(path: Path, splits: dict[str, list[dict]]) -> Path:
     return path
 
 
-# ------------------------------------------------------------------ CSV: real fixture
+# ------------------------------------------------------------------ CSV: real rows
+
+def strip(c):
+    return (c.sample_id, c.image_path, c.labels, c.box, c.vad, c.annotated_size)
+
+
+def test_csv_reader_parses_the_real_val_excerpt():
+    result = read_emotic_csv_splits(VAL_EXCERPT)
+    assert result.sources == ["emotic_val_excerpt.csv"]
+    assert len(result.candidates) == 44 and len(result.quarantine) == 0
+    assert {c.split for c in result.candidates} == {"val"}
+    assert len({c.sample_id for c in result.candidates}) == 44
+    got = result.candidates
+
+    assert got[0].labels == idx("Anger", "Annoyance", "Aversion", "Disapproval", "Disquietment",
+                                "Doubt/Confusion", "Engagement") == (1, 2, 4, 6, 8, 9, 11)
+    assert (got[0].box, got[0].annotated_size, got[0].vad) == ((146, 76, 317, 317), (317, 380), (3, 6, 6))
+    assert got[0].sample_id == "val/emodb_small/images/h616x5yhky60how3nt.jpg#0"
+    assert got[1].sample_id == "val/emodb_small/images/h616x5yhky60how3nt.jpg#1"
+    assert got[2].labels == (0, 3, 7, 11, 16, 18, 19, 23)  # Affection .. Surprise, by hand
+    assert got[2].box == (250, 115, 299, 269) and got[2].annotated_size == (400, 400)
+    # nine persons of one image: #0..#8; source_ref counts the excerpt's rows, not its Index column (505..513)
+    crowd = [c for c in got if c.image_path == "emodb_small/images/4cdghezg7cokvg00k2.jpg"]
+    assert [c.sample_id.rsplit("#", 1)[1] for c in crowd] == [str(k) for k in range(9)]
+    assert crowd[0].source_ref == "emotic_val_excerpt.csv:row 8"
+    assert crowd[-1].source_ref == "emotic_val_excerpt.csv:row 16"
+    assert crowd[0].box == (0, 554, 896, 1465) and crowd[0].annotated_size == (1474, 1600)
+    assert crowd[4].box == (1190, 320, 1474, 1103)  # touches the right edge: x2 == width
+    # odd boxes: 6 and 7 pixels wide at the right edge of portrait images
+    assert (got[42].box, got[42].annotated_size) == ((516, 3, 522, 519), (522, 930))
+    assert got[42].labels == idx("Anger", "Annoyance", "Anticipation", "Aversion", "Disapproval", "Disconnection",
+                                 "Disquietment", "Doubt/Confusion", "Embarrassment", "Engagement", "Esteem",
+                                 "Fear", "Sadness", "Sensitivity", "Suffering")  # 15 categories
+    assert (got[23].box, got[23].annotated_size) == ((342, 223, 349, 271), (349, 620))
+    assert got[31].labels == idx("Anticipation", "Engagement")  # two categories, the fewest in the file
+    last = got[43]
+    assert last.source_ref == "emotic_val_excerpt.csv:row 43"
+    assert last.sample_id == "val/mscoco/images/COCO_val2014_000000117690.jpg#0"
+    assert last.labels == idx("Anticipation", "Confidence", "Disconnection", "Disquietment",
+                              "Engagement", "Excitement", "Yearning")
+    assert last.box == (46, 21, 192, 294) and last.annotated_size == (640, 494) and last.vad == (6, 7, 6)
+
+    freq = Counter(EMOTIC_CATEGORIES[i] for c in got for i in c.labels)
+    assert len(freq) == 26 and sum(freq.values()) == 298
+    assert (freq["Engagement"], freq["Anticipation"], freq["Happiness"], freq["Anger"], freq["Fatigue"],
+            freq["Pain"]) == (36, 29, 23, 5, 2, 4)
+    # Image Size is [width, height]: no box passes it on either axis, 8 pass the height on x
+    assert all(c.box[2] <= c.annotated_size[0] and c.box[3] <= c.annotated_size[1] for c in got)
+    assert [n for n, c in enumerate(got) if c.box[2] > c.annotated_size[1]] == [21, 28, 29, 31, 32, 36, 37, 40]
+
+
+def test_csv_excerpt_in_the_repo_reads_as_written():
+    excerpt = read_emotic_csv_splits(EXCERPT_CSV)
+    assert excerpt.sources == ["annotations_val.csv"]
+    assert len(excerpt.candidates) == 40 and len(excerpt.quarantine) == 0
+    first = excerpt.candidates[0]
+    assert first.labels == (1, 2, 4, 6, 8, 9, 11) and first.box == (146, 76, 317, 317)
+    assert first.source_ref == "annotations_val.csv:row 0"
+
 
 def test_csv_reader_parses_every_row_of_the_real_val_file():
-    result = read_emotic_csv_splits(EMOTIC_VAL_CSV)
+    """Needs the whole val file (skips without ../shared/fixtures)."""
+    result = read_emotic_csv_splits(shared_fixture(EMOTIC_VAL_CSV))
     assert len(result.candidates) == 3315
     assert len(result.quarantine) == 0
     assert {c.split for c in result.candidates} == {"val"}
@@ -131,16 +197,16 @@ def test_csv_reader_parses_every_row_of_the_real_val_file():
     assert sum(c.box[2] > c.annotated_size[1] for c in result.candidates) == 1116
 
 
-def test_csv_excerpt_in_the_repo_reads_the_same_as_the_full_file():
-    excerpt = read_emotic_csv_splits(EXCERPT_CSV)
-    assert excerpt.sources == ["annotations_val.csv"]
-    assert len(excerpt.candidates) == 40 and len(excerpt.quarantine) == 0
-    first = excerpt.candidates[0]
-    assert first.labels == (1, 2, 4, 6, 8, 9, 11) and first.box == (146, 76, 317, 317)
-    assert first.source_ref == "annotations_val.csv:row 0"
-    full = read_emotic_csv(EMOTIC_VAL_CSV, "val").candidates[:40]
-    strip = lambda c: (c.sample_id, c.image_path, c.labels, c.box, c.vad, c.annotated_size)  # noqa: E731
-    assert [strip(c) for c in excerpt.candidates] == [strip(c) for c in full]
+def test_csv_excerpts_read_the_same_as_the_full_file():
+    """Both excerpts are verbatim rows of the whole val file (skips without ../shared/fixtures)."""
+    full = read_emotic_csv(shared_fixture(EMOTIC_VAL_CSV), "val").candidates
+    first40 = read_emotic_csv_splits(EXCERPT_CSV).candidates
+    assert [strip(c) for c in first40] == [strip(c) for c in full[:40]]
+    with VAL_EXCERPT.open(newline="") as fh:
+        index = [int(r["Index"]) for r in csv.DictReader(fh)]
+    chosen = read_emotic_csv_splits(VAL_EXCERPT).candidates
+    # whole images were taken, so even the person numbers in the sample_ids agree
+    assert [strip(c) for c in chosen] == [strip(full[i]) for i in index]
 
 
 # ------------------------------------------------------------------ CSV: split rule
@@ -314,14 +380,48 @@ def test_mat_that_is_not_a_mat_file_is_a_user_error(tmp_path):
 
 # --------------------------------------------------------------------------- CAER-S
 
-def test_real_caers_face_box_file_labels_agree_with_its_folders():
+def test_real_caers_face_box_rows_parse_with_their_odd_boxes():
     q = Quarantine()
-    boxes = read_face_boxes(CAERS_FACE_BOXES, q)
+    boxes = read_face_boxes(FACE_BOX_EXCERPT, q)
+    assert len(boxes) == 30 and len(q) == 0
+    per_class = Counter(CAERS_CLASSES[fb.label] for fb in boxes.values())
+    assert per_class == {"Anger": 4, "Disgust": 6, "Fear": 4, "Happy": 3, "Neutral": 5, "Sad": 4, "Surprise": 4}
+    assert all(fb.label == caers_class_index(rel.split("/")[1]) for rel, fb in boxes.items())
+    assert boxes["test/Sad/0157.png"].box == (191, 109, 293, 211)
+    assert boxes["test/Sad/0157.png"].ref == "caers_test_face_boxes_excerpt.txt:row 0"
+    # the reader keeps boxes that leave the frame (ingest clamps them once the image size is known)
+    assert boxes["test/Disgust/2539.png"].box == (-27, 76, 58, 161)
+    assert boxes["test/Sad/1449.png"].box == (114, -90, 552, 348)
+    assert boxes["test/Neutral/2033.png"].box == (341, 100, 361, 120)   # the smallest, 20 x 20
+    assert boxes["test/Surprise/2241.png"].box == (136, 43, 575, 481)   # the largest, 439 x 438
+    assert boxes["test/Disgust/1923.png"].ref == "caers_test_face_boxes_excerpt.txt:row 29"
+
+
+def test_caers_tree_of_the_real_face_box_rows_reads_completely(tmp_path):
+    relpaths = [line.split(",")[0] for line in FACE_BOX_EXCERPT.read_text().splitlines()]
+    make_caers_tree(tmp_path, relpaths)
+    (tmp_path / FACE_BOX_EXCERPT.name).write_bytes(FACE_BOX_EXCERPT.read_bytes())
+    result = read_caers(tmp_path, tmp_path / FACE_BOX_EXCERPT.name)
+    assert len(result.candidates) == 30 and len(result.quarantine) == 0
+    assert result.has_val is False and sorted(result.sources) == sorted([FACE_BOX_EXCERPT.name, "test/"])
+    got = {c.sample_id: c for c in result.candidates}
+    assert set(got) == set(relpaths) and {c.split for c in got.values()} == {"test"}
+    assert (got["test/Fear/2734.png"].labels, got["test/Fear/2734.png"].box) == ((2,), (218, 172, 296, 372))
+    assert (got["test/Neutral/1980.png"].labels, got["test/Neutral/1980.png"].box) == ((4,), (658, 85, 710, 257))
+
+
+def test_real_caers_face_box_file_labels_agree_with_its_folders():
+    """Needs the whole face-box file (skips without ../shared/fixtures)."""
+    q = Quarantine()
+    path = shared_fixture(CAERS_FACE_BOXES)
+    boxes = read_face_boxes(path, q)
     assert len(boxes) == 20868 and len(q) == 0
     per_class = Counter(CAERS_CLASSES[fb.label] for fb in boxes.values())
     assert per_class["Anger"] == 2988 and per_class["Surprise"] == 2970
     assert all(fb.label == caers_class_index(rel.split("/")[1]) for rel, fb in boxes.items())
     assert boxes["test/Sad/0157.png"].box == (191, 109, 293, 211)
+    lines = set(path.read_text().splitlines())
+    assert all(line in lines for line in FACE_BOX_EXCERPT.read_text().splitlines())  # the excerpt is verbatim
 
 
 def make_caers_tree(root: Path, files: list[str]) -> None:

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import use_mlflow_store
 
+from core.errors import UserError
+from core.workspace import Workspace
 from pipelines import registry
-from stages.errors import UserError
 
 MANIFEST_MD5 = "0f1e2d3c4b5a69788796a5b4c3d2e1f0.dir"
 LOCK = {
@@ -33,11 +35,8 @@ LOCK = {
 def shared_store(tmp_path_factory):
     """One MLflow store for the module: creating its SQLite schema takes seconds."""
     root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setenv("CTXEMO_MLFLOW_ARTIFACT_ROOT", (root / "mlartifacts").as_uri())
-        yield uri
+        yield use_mlflow_store(patch, root)
 
 
 @pytest.fixture
@@ -57,7 +56,7 @@ def trained_and_evaluated(workspace: Path, m_ap: float, *, lock: dict | None = L
     import mlflow
     import torch
 
-    from stages import tracking
+    from core import tracking
 
     experiment = tracking.setup(workspace)
     results = {"task": "multilabel", "split": "test", "num_examples": 5, "mAP": m_ap, "baseline_mAP": 0.3,
@@ -208,7 +207,7 @@ def test_different_data_versions_are_not_compared_on_recorded_metrics(tmp_path, 
     new_data = yaml.safe_load(yaml.safe_dump(LOCK))
     new_data["stages"]["train"]["deps"][2]["md5"] = "feedfeedfeedfeedfeedfeedfeedfeed.dir"
     trained_and_evaluated(tmp_path / "b", 0.90, lock=new_data)
-    model = registry.evaluated_model(registry.WorkspaceLayout(tmp_path / "b"), client)
+    model = registry.evaluated_model(Workspace.at(tmp_path / "b"), client)
     version = registry.register(client, model_name, model)
     challenger = registry.candidate_of(client, version)
 

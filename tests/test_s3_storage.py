@@ -1,7 +1,7 @@
 """DVC, MLflow, Ray Train and batch-inference storage against a real S3 server on 127.0.0.1.
 
 The server (SeaweedFS, tests/s3_fixture.py) demands signed requests with throwaway keys made
-by the fixture; everything below reaches it only through `stages.settings` and the variables
+by the fixture; everything below reaches it only through `core.storage` and the variables
 a user would export (CTXEMO_S3_BUCKET, CTXEMO_S3_PREFIX, AWS_ENDPOINT_URL_S3, the AWS keys).
 """
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from s3_fixture import list_keys, s3_server, s3_settings  # noqa: F401  (fixtures)
 
 DVC_TIMEOUT_S = 120
@@ -103,7 +102,7 @@ def test_mlflow_run_artifacts_and_model_land_in_the_bucket(s3_settings, tmp_path
     import torch
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    from stages import tracking
+    from core import tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("CTXEMO_MLFLOW_ARTIFACT_ROOT", s3_settings.mlflow_artifact_root())
@@ -137,7 +136,7 @@ def test_mlflow_run_artifacts_and_model_land_in_the_bucket(s3_settings, tmp_path
 
 
 def split_key(uri: str) -> str:
-    from stages.settings import split_s3_uri
+    from core.storage import split_s3_uri
 
     return split_s3_uri(uri)[1]
 
@@ -166,9 +165,9 @@ def _toy_model():
 
 def toy_train_loop(config):
     """Full-batch SGD on fixed data, a checkpoint every epoch, resume from `get_checkpoint()`."""
-    import torch
     import ray.train
     import ray.train.torch
+    import torch
     from ray.train import Checkpoint, CheckpointConsistencyMode
 
     torch.set_num_threads(1)
@@ -264,7 +263,7 @@ def _check_resume_from_s3(tmp_path: Path) -> None:
     import torch
     from ray.train import TrainingFailedError
 
-    from stages.settings import StorageSettings
+    from core.storage import StorageSettings
 
     # Built from the environment, exactly as stages/train.py's fit() does.
     settings = StorageSettings.from_env()

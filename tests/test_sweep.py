@@ -1,4 +1,4 @@
-"""The Ray Tune sweep (pipelines/sweep.py) and its frozen-backbone body cache (stages/body_cache.py)."""
+"""The Ray Tune sweep (pipelines/sweep/) and its frozen-backbone body cache (core/training/body_cache.py)."""
 from __future__ import annotations
 
 import copy
@@ -10,10 +10,11 @@ import pytest
 import torch
 import yaml
 
+from core import faults
+from core.errors import UserError
+from core.params import apply_overrides, params_from_dict
+from core.training import body_cache
 from pipelines import sweep
-from stages import body_cache
-from stages.errors import UserError
-from stages.params import apply_overrides, params_from_dict
 
 PAPER_PATHS = {"model.boa.heads", "model.eld.p", "model.eld.t", "model.boa.dim", "model.boa.max_objects", "train.lr"}
 # The paper's space at tiny sizes: heads x 2048 x 2048 weights would make 32-head trials slow.
@@ -119,9 +120,10 @@ def test_two_builders_of_the_same_cache_at_once_both_finish_with_the_same_maps(t
 
 
 def test_cached_body_maps_equal_the_trial_models_backbone_on_the_crop(tiny_workspace, tmp_path):
-    from stages.data.dataset import body_tensor, open_rgb
-    from stages.data.manifest import read_manifest
-    from stages.train import EpochLoop, worker_config
+    from core.data.dataset import body_tensor, open_rgb
+    from core.data.manifest import read_manifest
+    from core.training.inputs import worker_config
+    from core.training.loop import EpochLoop
 
     torch.set_num_threads(1)
     params = tiny_workspace.params
@@ -188,17 +190,19 @@ def test_four_trial_asha_sweep_tracks_children_survives_a_crash_and_writes_adopt
     import mlflow
 
     data = _tiny_sweep_params(tiny_workspace, num_samples=4, max_epochs=3, grace_period=1)
-    crash_marker = tmp_path / "crashed-trial"
-    result = sweep.run(data, tiny_workspace.train_paths("sweep"), report_dir=tmp_path / "reports",
-                       cache_root=tmp_path / "cache", log=lambda _: None,
-                       test_only_hooks=sweep.TestOnlyHooks(crash_marker=str(crash_marker)))
+    # the first trial to finish an epoch crashes after every epoch it reports, retried or not
+    crash = faults.Fault("sweep.trial_epoch", action="raise", times=None, stick_to="trial_id")
+    with faults.inject(crash) as injected:
+        result = sweep.run(data, tiny_workspace.train_paths("sweep"), report_dir=tmp_path / "reports",
+                           cache_root=tmp_path / "cache", log=lambda _: None)
+    crashed_trial = injected.fired()[0]["trial_id"]
 
     assert result["interrupted"] is False and result["scheduler"]["name"] == "ASHA"
     rows = result["rows"]
-    assert len(rows) == 4 and {r["trial_id"] for r in rows} >= {crash_marker.read_text()}
+    assert len(rows) == 4 and {r["trial_id"] for r in rows} >= {crashed_trial}
     crashed = [r for r in rows if r["status"] == "error"]
-    assert [r["trial_id"] for r in crashed] == [crash_marker.read_text()]
-    assert "test-only crash" in crashed[0]["error"] and crashed[0]["epochs_run"] == 1
+    assert [r["trial_id"] for r in crashed] == [crashed_trial]
+    assert "injected fault at sweep.trial_epoch" in crashed[0]["error"] and crashed[0]["epochs_run"] == 1
     for row in rows:
         assert 1 <= row["epochs_run"] <= 3 and 0.0 <= row["best_val_metric"] <= 1.0
         if row["status"] != "error":  # ASHA's stops are exactly the unfinished, uncrashed trials
@@ -220,7 +224,7 @@ def test_four_trial_asha_sweep_tracks_children_survives_a_crash_and_writes_adopt
     table = json.loads((tmp_path / "reports" / "sweep.json").read_text())
     assert table["rows"] == rows and table["best"]["trial_id"] == winner["trial_id"]
     markdown = (tmp_path / "reports" / "sweep.md").read_text()
-    assert all(r["trial_id"] in markdown for r in rows) and "test-only crash" in markdown
+    assert all(r["trial_id"] in markdown for r in rows) and "injected fault at sweep.trial_epoch" in markdown
     for path in PAPER_PATHS:
         png = tmp_path / "reports" / "sweep_plots" / f"sweep_{path.replace('.', '_')}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -260,11 +264,14 @@ def test_an_interrupted_sweep_resumes_its_trials_from_their_checkpoints(
     # grace = max_epochs: ASHA stops nobody, so every trial must reach epoch 3
     data = _tiny_sweep_params(tiny_workspace, num_samples=2, max_epochs=3, grace_period=3)
     paths = tiny_workspace.train_paths("resume")
-    marker = tmp_path / "interrupted-at"
-    first = sweep.run(data, paths, report_dir=tmp_path / "reports", cache_root=tmp_path / "cache",
-                      log=lambda _: None,
-                      test_only_hooks=sweep.TestOnlyHooks(interrupt_marker=str(marker), interrupt_at_epoch=1))
-    assert first["interrupted"] is True and marker.exists()
+    # the driver is stopped (SIGUSR1: Tune saves the experiment and stops, like Ctrl-C) once, when a
+    # trial reports epoch 1
+    interrupt = faults.Fault("sweep.trial_result", when={"epoch": 1}, action="signal", signal="SIGUSR1")
+    with faults.inject(interrupt) as injected:
+        first = sweep.run(data, paths, report_dir=tmp_path / "reports", cache_root=tmp_path / "cache",
+                          log=lambda _: None)
+    assert first["interrupted"] is True and len(injected.fired()) == 1
+    interrupted_trial = injected.fired()[0]["trial_id"]
     assert not (tmp_path / "reports" / "best_params.yaml").exists()
     assert tune.Tuner.can_restore(first["experiment_path"])
 
@@ -276,7 +283,7 @@ def test_an_interrupted_sweep_resumes_its_trials_from_their_checkpoints(
 
     # The trial that reported epoch 1 when the driver stopped had its epoch-0 checkpoint
     # registered: it went on from there in a new process instead of starting again.
-    progress = pd.read_csv(Path(first["experiment_path"]) / f"trial_{marker.read_text()}" / "progress.csv")
+    progress = pd.read_csv(Path(first["experiment_path"]) / f"trial_{interrupted_trial}" / "progress.csv")
     assert progress["pid"].nunique() == 2
     assert list(progress["epoch"]).count(0) == 1 and sorted(set(progress["epoch"])) == [0, 1, 2]
     last = progress.iloc[-1]

@@ -1,5 +1,5 @@
-"""The generated demo data set (stages/data/synth.py): layout, reproducibility and the
-claim that its labels follow the body and context cues the relational model uses."""
+"""The generated demo data set (core/synth): layout, reproducibility and the claim that
+its labels follow the body and context cues the relational model uses."""
 from __future__ import annotations
 
 import ast
@@ -16,15 +16,20 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 
-from stages.data import synth
-from stages.data.labels import CAERS_CLASSES, EMOTIC_CATEGORIES
-from stages.data.readers import read_caers, read_emotic_csv_splits, read_emotic_mat
-from stages.data.synth import BodyCues, category_probabilities, influence, proximity_weight
-from stages.errors import UserError
-from stages.params import SynthConfig
+from core.data.labels import CAERS_CLASSES, EMOTIC_CATEGORIES
+from core.data.readers import read_caers, read_emotic_csv_splits, read_emotic_mat
+from core.errors import UserError
+from core.synth import caers, generate, rules
+from core.synth.rules import (
+    BodyCues,
+    category_probabilities,
+    influence,
+    proximity_weight,
+)
+from core.synth.scenes import IMAGE_SIZE
 
-W, H = synth.IMAGE_SIZE
-DEFAULT_IMAGES = SynthConfig().images
+W, H = IMAGE_SIZE
+TEST_IMAGES = 240  # the data set size the statistical checks below are calibrated on
 CSV_HEADER = "Index,Folder,Filename,Image Size,BBox,Categorical_Labels,Continuous_Labels,Gender,Age"
 NEUTRAL = BodyCues("neutral", "relaxed", "down", "upright")
 
@@ -46,13 +51,13 @@ def read_object_rows(root: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def default_set(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "demo"
-    return out, synth.generate(out, DEFAULT_IMAGES, 0)
+    return out, generate(out, TEST_IMAGES, 0)
 
 
 @pytest.fixture(scope="module")
 def small_sets(tmp_path_factory):
     base = tmp_path_factory.mktemp("small")
-    return {name: (base / name, synth.generate(base / name, 12, seed))
+    return {name: (base / name, generate(base / name, 12, seed))
             for name, seed in (("a", 7), ("b", 7), ("c", 8))}
 
 
@@ -84,7 +89,7 @@ def test_different_seed_differs(small_sets):
 def test_image_content_depends_on_seed_and_index_only(small_sets):
     """Image i is the same in a 12-image and a 240-image set of one seed (only splits move)."""
     small, _ = small_sets["a"]
-    other = synth.generate(small.parent / "bigger", 20, 7)
+    other = generate(small.parent / "bigger", 20, 7)
     assert other["images"] == {"train": 14, "val": 3, "test": 3}
     for i in (0, 5, 11):
         name = f"synth_{i:05d}.jpg"
@@ -96,9 +101,9 @@ def test_image_content_depends_on_seed_and_index_only(small_sets):
 
 def test_counts_as_requested(default_set):
     root, summary = default_set
-    n_val = round(DEFAULT_IMAGES * 0.15)
-    assert summary["images"] == {"train": DEFAULT_IMAGES - 2 * n_val, "val": n_val, "test": n_val}
-    assert sorted(p.name for p in (root / "images").iterdir()) == [f"synth_{i:05d}.jpg" for i in range(DEFAULT_IMAGES)]
+    n_val = round(TEST_IMAGES * 0.15)
+    assert summary["images"] == {"train": TEST_IMAGES - 2 * n_val, "val": n_val, "test": n_val}
+    assert sorted(p.name for p in (root / "images").iterdir()) == [f"synth_{i:05d}.jpg" for i in range(TEST_IMAGES)]
     persons_per_image: Counter = Counter()
     for split in ("train", "val", "test"):
         with (root / f"annotations_{split}.csv").open(newline="") as fh:
@@ -108,12 +113,12 @@ def test_counts_as_requested(default_set):
         assert len({r["Filename"] for r in rows}) == summary["images"][split]
         persons_per_image.update(r["Filename"] for r in rows)
     assert set(persons_per_image.values()) == {1, 2, 3}
-    assert len(persons_per_image) == DEFAULT_IMAGES
+    assert len(persons_per_image) == TEST_IMAGES
     total = sum(summary["persons"].values())
-    assert 1.8 * DEFAULT_IMAGES <= total <= 2.2 * DEFAULT_IMAGES
+    assert 1.8 * TEST_IMAGES <= total <= 2.2 * TEST_IMAGES
     meta = json.loads((root / "synth_meta.json").read_text())
     assert meta["seed"] == 0 and meta["summary"]["persons"] == summary["persons"]
-    assert set(meta["rules"]["clusters"]) == set(synth.CLUSTERS)
+    assert set(meta["rules"]["clusters"]) == set(rules.CLUSTERS)
     assert len(read_truth(root)) == total
     with Image.open(root / "images" / "synth_00003.jpg") as img:
         assert img.format == "JPEG" and img.size == (W, H)
@@ -208,17 +213,17 @@ def test_boxes_inside_images_and_object_file_lists_people(default_set):
     for r in rows:
         x1, y1, x2, y2 = (int(r[k]) for k in ("x1", "y1", "x2", "y2"))
         assert 0 <= x1 < x2 <= W and 0 <= y1 < y2 <= H
-        assert 0 < float(r["score"]) <= 1 and r["label"] in set(synth.OBJECT_KINDS) | {"person"}
+        assert 0 < float(r["score"]) <= 1 and r["label"] in set(rules.OBJECT_KINDS) | {"person"}
         by_image[r["image_path"]].append((r["label"], (x1, y1, x2, y2)))
-    assert set(by_image) == {f"images/synth_{i:05d}.jpg" for i in range(DEFAULT_IMAGES)}
+    assert set(by_image) == {f"images/synth_{i:05d}.jpg" for i in range(TEST_IMAGES)}
     people = defaultdict(list)
     for t in read_truth(root):
         people[f"images/{t['filename']}"].append(tuple(t["body_bbox"]))
     for image, boxes in by_image.items():
         assert [b for kind, b in boxes if kind == "person"] == people[image]
     kinds = Counter(kind for boxes in by_image.values() for kind, _ in boxes if kind != "person")
-    assert set(kinds) == set(synth.OBJECT_KINDS)
-    assert 2.0 <= sum(kinds.values()) / DEFAULT_IMAGES <= 5.0
+    assert set(kinds) == set(rules.OBJECT_KINDS)
+    assert 2.0 <= sum(kinds.values()) / TEST_IMAGES <= 5.0
 
 
 # ------------------------------------------------------------------------ label statistics
@@ -265,8 +270,8 @@ def test_truth_file_agrees_with_rules_and_written_geometry(default_set):
         (persons if r["label"] == "person" else objects)[r["image_path"]].append((r["label"], box))
     for t in read_truth(root)[:120]:
         image = f"images/{t['filename']}"
-        context = synth.person_context(t["person"], [b for _, b in persons[image]], objects[image])
-        logits = synth.cluster_logits(BodyCues(**t["cues"]), context)
+        context = rules.person_context(t["person"], [b for _, b in persons[image]], objects[image])
+        logits = rules.cluster_logits(BodyCues(**t["cues"]), context)
         for cluster, value in logits.items():
             assert t["cluster_logits"][cluster] == pytest.approx(value, abs=1e-4)
 
@@ -279,9 +284,9 @@ def mean_ap(scores: np.ndarray, y: np.ndarray) -> float:
 def cue_features(t: dict, body: bool, context: bool) -> list[float]:
     out: list[float] = []
     if body:
-        out += [float(t["cues"][cue] == v) for cue, values in synth.BODY_CUE_PROBS.items() for v in values]
+        out += [float(t["cues"][cue] == v) for cue, values in rules.BODY_CUE_PROBS.items() for v in values]
     if context:
-        weights = dict.fromkeys(synth.OBJECT_KINDS + (synth.PERSON_KIND,), 0.0)
+        weights = dict.fromkeys(rules.OBJECT_KINDS + (rules.PERSON_KIND,), 0.0)
         for c in t["context"]:
             weights[c["kind"]] += c["influence"]
         out += list(weights.values())
@@ -322,8 +327,8 @@ def test_proximity_weight_is_near_one_touching_half_at_quarter_height_and_vanish
     assert proximity_weight(person, (120, 100, 140, 120)) > 0.95  # overlapping counts as touching
     assert proximity_weight(person, (200, 120, 240, 160)) == pytest.approx(0.5)  # gap 40 = 0.25 * 160
     assert proximity_weight(person, (240, 120, 280, 160)) < 0.02  # gap 80 = half the height
-    assert synth.size_factor(person, (0, 0, 2, 2)) == synth.SIZE_FACTOR_RANGE[0]
-    assert synth.size_factor(person, (0, 0, 100, 160)) == synth.SIZE_FACTOR_RANGE[1]
+    assert rules.size_factor(person, (0, 0, 2, 2)) == rules.SIZE_FACTOR_RANGE[0]
+    assert rules.size_factor(person, (0, 0, 100, 160)) == rules.SIZE_FACTOR_RANGE[1]
 
 
 def test_a_near_object_kind_changes_the_persons_labels():
@@ -344,8 +349,8 @@ def test_a_near_object_kind_changes_the_persons_labels():
 def test_two_people_with_different_nearby_objects_get_different_labels():
     people = [(20, 40, 80, 200), (220, 40, 280, 200)]
     objects = [("cake", (80, 150, 130, 200)), ("medkit", (170, 150, 220, 200))]
-    left = category_probabilities(NEUTRAL, synth.person_context(0, people, objects))
-    right = category_probabilities(NEUTRAL, synth.person_context(1, people, objects))
+    left = category_probabilities(NEUTRAL, rules.person_context(0, people, objects))
+    right = category_probabilities(NEUTRAL, rules.person_context(1, people, objects))
     assert left["Happiness"] > 0.6 > 0.05 > right["Happiness"]
     assert right["Suffering"] > 0.6 > 0.05 > left["Suffering"]
 
@@ -361,23 +366,23 @@ def test_body_cues_raise_their_clusters():
 
 def test_annotators_sample_cluster_members_with_their_probabilities():
     rng = np.random.default_rng(0)
-    logits = dict.fromkeys(synth.CLUSTER_NAMES, -30.0)
+    logits = dict.fromkeys(rules.CLUSTER_NAMES, -30.0)
     logits["joy"] = 30.0
-    draws = [synth.sample_labels(rng, logits, 3) for _ in range(500)]
+    draws = [rules.sample_labels(rng, logits, 3) for _ in range(500)]
     assert all(d.active == ["joy"] for d in draws)
     sets = [s for d in draws for s in d.annotators]
-    for cat, q in synth.CLUSTERS["joy"].items():
+    for cat, q in rules.CLUSTERS["joy"].items():
         assert np.mean([cat in s for s in sets]) == pytest.approx(q, abs=0.04)
-    others = np.mean([len(set(s) - set(synth.CLUSTERS["joy"])) for s in sets])
-    assert others == pytest.approx(synth.LABEL_NOISE * (len(EMOTIC_CATEGORIES) - 3), abs=0.04)
+    others = np.mean([len(set(s) - set(rules.CLUSTERS["joy"])) for s in sets])
+    assert others == pytest.approx(rules.LABEL_NOISE * (len(EMOTIC_CATEGORIES) - 3), abs=0.04)
     for d in draws:
         votes = Counter(c for s in d.annotators for c in s)
         majority = [c for c in EMOTIC_CATEGORIES if votes[c] >= 2]
         assert d.combined == (majority or [c for c in EMOTIC_CATEGORIES if votes[c] == max(votes.values())])
         assert 1 <= min(d.combined_vad) and max(d.combined_vad) <= 10
-    logits = dict.fromkeys(synth.CLUSTER_NAMES, -30.0)
+    logits = dict.fromkeys(rules.CLUSTER_NAMES, -30.0)
     logits["tired"] = -25.0
-    assert synth.sample_labels(rng, logits, 1).active == ["tired"]  # none fired: the likeliest one
+    assert rules.sample_labels(rng, logits, 1).active == ["tired"]  # none fired: the likeliest one
 
 
 # ------------------------------------------------------------------------ output directory
@@ -385,26 +390,26 @@ def test_annotators_sample_cluster_members_with_their_probabilities():
 
 def test_bad_arguments_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="format"):
-        synth.generate(tmp_path / "x", 10, 0, "coco")
+        generate(tmp_path / "x", 10, 0, "coco")
     with pytest.raises(UserError, match="at least 3"):
-        synth.generate(tmp_path / "x", 2, 0)
+        generate(tmp_path / "x", 2, 0)
     with pytest.raises(UserError, match="at least 14"):
-        synth.generate(tmp_path / "x", 13, 0, "caers")
+        generate(tmp_path / "x", 13, 0, "caers")
     with pytest.raises(UserError, match="seed"):
-        synth.generate(tmp_path / "x", 10, -1)
+        generate(tmp_path / "x", 10, -1)
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("precious")
     with pytest.raises(UserError, match="not empty"):
-        synth.generate(foreign, 5, 0)
+        generate(foreign, 5, 0)
     assert (foreign / "keep.txt").read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no staging left behind
 
 
 def test_regenerating_replaces_an_earlier_generated_set(tmp_path):
     out = tmp_path / "demo"
-    synth.generate(out, 8, 1)
-    summary = synth.generate(out, 4, 2)
+    generate(out, 8, 1)
+    summary = generate(out, 4, 2)
     assert sum(summary["images"].values()) == 4
     assert len(list((out / "images").iterdir())) == 4
     assert json.loads((out / "synth_meta.json").read_text())["seed"] == 2
@@ -417,7 +422,7 @@ def test_regenerating_replaces_an_earlier_generated_set(tmp_path):
 @pytest.fixture(scope="module")
 def caers_set(tmp_path_factory):
     out = tmp_path_factory.mktemp("caers") / "caers"
-    return out, synth.generate(out, 70, 3, "caers")
+    return out, generate(out, 70, 3, "caers")
 
 
 def test_caers_tree_uses_angry_for_train_and_anger_for_test(caers_set):
@@ -464,29 +469,31 @@ def test_caers_context_objects_follow_the_class(caers_set):
     for image in {p.relative_to(root).as_posix() for p in root.rglob("*.png")}:
         folder = image.split("/")[1]
         cls = "Anger" if folder == "Angry" else folder
-        foreign = [c for c in CAERS_CLASSES if c != cls and not set(synth.CAERS_CONTEXT_KINDS[c])
-                   & set(synth.CAERS_CONTEXT_KINDS[cls])]
-        own.append(bool(kinds[image] & set(synth.CAERS_CONTEXT_KINDS[cls])))
-        other.append(np.mean([bool(kinds[image] & set(synth.CAERS_CONTEXT_KINDS[c])) for c in foreign]))
+        foreign = [c for c in CAERS_CLASSES if c != cls and not set(caers.CAERS_CONTEXT_KINDS[c])
+                   & set(caers.CAERS_CONTEXT_KINDS[cls])]
+        own.append(bool(kinds[image] & set(caers.CAERS_CONTEXT_KINDS[cls])))
+        other.append(np.mean([bool(kinds[image] & set(caers.CAERS_CONTEXT_KINDS[c])) for c in foreign]))
     assert np.mean(own) > 0.55 and np.mean(own) > np.mean(other) + 0.3
 
 
 def test_caers_is_deterministic(caers_set, tmp_path):
     root, _ = caers_set
     again = tmp_path / "again"
-    synth.generate(again, 70, 3, "caers")
+    generate(again, 70, 3, "caers")
     assert tree_digest(again) == tree_digest(root)
 
 
 # ------------------------------------------------------------------------ command line
 def test_synth_command_reads_the_synth_section_and_options_override_it(tmp_path, monkeypatch):
     import yaml
+    from support import REPO
     from typer.testing import CliRunner
 
     from pipelines.cli import app
 
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
-        {"synth": {"out": "made", "images": 5, "seed": 3, "format": "emotic"}}))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["synth"] = {"out": "made", "images": 5, "seed": 3, "format": "emotic"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     from_params = CliRunner().invoke(app, ["synth"])
     assert from_params.exit_code == 0, from_params.output

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from stages import train
-from stages.params import apply_overrides, params_from_dict
+from core import faults
+from core.params import apply_overrides, params_from_dict
+from core.training import loop, trainer
+from core.training.inputs import object_feature_stats, worker_config
+from core.workspace import Workspace
+
+# Rank 0 exits hard after reporting epoch 0, once (like a lost node); Ray restarts the worker group.
+KILL_AFTER_FIRST_EPOCH = faults.Fault("train.after_epoch", when={"epoch": 0, "rank": 0}, action="exit")
 
 
 @pytest.fixture
@@ -21,7 +27,7 @@ def mlflow_store(tmp_path, monkeypatch):
 
 
 def _history(paths) -> list[dict]:
-    return json.loads((Path(paths.report_dir) / "history.json").read_text())
+    return json.loads((Path(paths.train_report_dir) / "history.json").read_text())
 
 
 def test_two_worker_ddp_run_trains_exports_and_tracks_in_mlflow(tiny_workspace, ray_local, mlflow_store):
@@ -31,7 +37,7 @@ def test_two_worker_ddp_run_trains_exports_and_tracks_in_mlflow(tiny_workspace, 
 
     params = params_from_dict(apply_overrides(tiny_workspace.params_dict, {"train.num_workers": 2}))
     paths = tiny_workspace.train_paths("ddp")
-    summary = train.run(params, paths)
+    summary = trainer.run(params, paths)
 
     history = _history(paths)
     assert [h["epoch"] for h in history] == [0, 1]
@@ -63,27 +69,26 @@ def test_two_worker_ddp_run_trains_exports_and_tracks_in_mlflow(tiny_workspace, 
         assert torch.allclose(logged(*inputs).logits, model(*inputs).logits, atol=1e-6)
 
 
-def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(tiny_workspace, ray_local, tmp_path):
+def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(tiny_workspace, ray_local):
     """Ray's FailureConfig restarts the worker group from the last reported checkpoint.
 
     The worker exits hard after epoch 0 (once). The resumed run must finish and, being
     seeded and deterministic on CPU, end with exactly the numbers of a run never killed.
     """
     base = apply_overrides(tiny_workspace.params_dict, {"train.epochs": 3})
-    clean = train.fit(params_from_dict(base), tiny_workspace.train_paths("clean"), run_name="clean")[0]
+    clean = trainer.fit(params_from_dict(base), tiny_workspace.train_paths("clean"), run_name="clean")[0]
     assert clean.error is None
 
-    marker = tmp_path / "killed-once"
     params = params_from_dict(apply_overrides(base, {"train.max_failures": 1}))
-    result, _ = train.fit(params, tiny_workspace.train_paths("chaos"),
-                          chaos={"kill_after_epoch": 0, "marker": str(marker)}, run_name="chaos")
-    assert marker.exists(), "the worker was never killed"
+    with faults.inject(KILL_AFTER_FIRST_EPOCH) as injected:
+        result, _ = trainer.fit(params, tiny_workspace.train_paths("chaos"), run_name="chaos")
+    assert len(injected.fired()) == 1, "the worker was never killed (or killed again after the restart)"
     assert result.error is None
     assert result.metrics["epoch"] == 2
 
     def final(res):
         with res.checkpoint.as_directory() as d:
-            return torch.load(Path(d) / train.CHECKPOINT_FILE, weights_only=False)
+            return torch.load(Path(d) / loop.CHECKPOINT_FILE, weights_only=False)
 
     resumed, uninterrupted = final(result), final(clean)
     assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
@@ -93,18 +98,17 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(
         assert torch.allclose(resumed["model"][key].float(), tensor.float(), atol=1e-5), key
 
 
-def test_without_max_failures_a_killed_worker_fails_the_run(tiny_workspace, ray_local, tmp_path):
+def test_without_max_failures_a_killed_worker_fails_the_run(tiny_workspace, ray_local):
     import ray.train
 
     params = params_from_dict(apply_overrides(tiny_workspace.params_dict, {"train.epochs": 2}))
-    with pytest.raises(ray.train.TrainingFailedError, match="worker"):
-        train.fit(params, tiny_workspace.train_paths("fatal"),
-                  chaos={"kill_after_epoch": 0, "marker": str(tmp_path / "m")}, run_name="fatal")
+    with faults.inject(KILL_AFTER_FIRST_EPOCH), pytest.raises(ray.train.TrainingFailedError, match="worker"):
+        trainer.fit(params, tiny_workspace.train_paths("fatal"), run_name="fatal")
 
 
 def test_object_feature_stats_match_numpy_over_valid_rows(tiny_workspace):
     split_dir = tiny_workspace.data / "objects" / "train"
-    mean, std = train.object_feature_stats(split_dir, chunk=3)
+    mean, std = object_feature_stats(split_dir, chunk=3)
     features = np.load(split_dir / "features.npy").astype(np.float64)
     counts = np.load(split_dir / "counts.npy")
     valid = np.concatenate([features[i, :c] for i, c in enumerate(counts)])
@@ -113,43 +117,41 @@ def test_object_feature_stats_match_numpy_over_valid_rows(tiny_workspace):
 
 
 def test_missing_stage_outputs_give_a_clear_error(tiny_workspace, tmp_path):
-    from stages.errors import UserError
+    from core.errors import UserError
 
-    paths = train.TrainPaths(data_root=tmp_path, manifest_dir=tmp_path / "nope")
+    paths = Workspace.at(tmp_path, data_root=tmp_path, manifest_dir=tmp_path / "nope")
     with pytest.raises(UserError, match="run the ingest stage first"):
-        train.worker_config(tiny_workspace.params, paths)
+        worker_config(tiny_workspace.params, paths)
 
 
 def test_caers_single_label_trains_with_cross_entropy_and_evaluates_accuracy(tmp_path, ray_local):
     import tiny_pipeline
 
-    from stages import evaluate
+    from core.evaluation import evaluate
 
     workspace = tiny_pipeline.build(tmp_path, fmt="caers")
     paths = workspace.train_paths("caers")
-    summary = train.run(workspace.params, paths, track=False)
+    summary = trainer.run(workspace.params, paths, track=False)
     assert summary["task"] == "multiclass" and 0.0 <= summary["val_accuracy"] <= 1.0
     package = torch.load(Path(paths.model_dir) / "model.pt", weights_only=False)
     assert package["classes"] == ["Anger", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"]
     assert "classifier.weight" in package["state_dict"] and not any(k.startswith("eld.") for k in package["state_dict"])
-    results = evaluate.run(evaluate.EvalPaths(
-        data_root=paths.data_root, manifest_dir=paths.manifest_dir, objects_dir=paths.objects_dir,
-        model_dir=paths.model_dir, thresholds_file=tmp_path / "t.json", metrics_file=tmp_path / "m.json",
-        plots_dir=tmp_path / "plots"), batch_size=4)
+    results = evaluate.run(paths, batch_size=4)
     matrix = np.asarray(results["confusion_matrix"])
     assert matrix.shape == (7, 7) and matrix.sum() == results["num_examples"]
     assert results["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
-    assert (tmp_path / "plots" / "confusion.png").is_file()
+    assert (paths.plots_dir / "confusion.png").is_file()
 
 
 def test_frozen_backbone_trains_on_cached_maps_and_the_exported_model_agrees_on_crops(tiny_workspace, ray_local,
                                                                                         tmp_path):
-    from stages import body_cache, evaluate
+    from core.evaluation import evaluate
+    from core.training import body_cache
 
     params = params_from_dict(apply_overrides(tiny_workspace.params_dict,
                                               {"train.frozen_backbone": True, "train.loader_workers": 0}))
     paths = tiny_workspace.train_paths("frozen")
-    summary = train.run(params, paths, track=False)
+    summary = trainer.run(params, paths, track=False)
 
     caches = [p.parent for p in Path(paths.body_cache_root).glob("*/train.npy")]
     assert len(caches) == 1
@@ -164,7 +166,7 @@ def test_frozen_backbone_trains_on_cached_maps_and_the_exported_model_agrees_on_
         assert torch.equal(state[f"backbone.{name}"], tensor), name
     from models import build_model
 
-    config = train.worker_config(params, paths)
+    config = worker_config(params, paths)
     torch.manual_seed(params.seed)
     fresh = build_model(params.model, num_classes=26, task="multilabel", cooccurrence=config["cooccurrence"],
                         label_embeddings=config["label_embeddings"]).state_dict()
@@ -174,13 +176,10 @@ def test_frozen_backbone_trains_on_cached_maps_and_the_exported_model_agrees_on_
 
     # evaluation runs the exported model's backbone on crops: the same val mAP as training
     # measured on the cached maps, so the cache is the model's own view of the data
-    results = evaluate.run(evaluate.EvalPaths(
-        data_root=paths.data_root, manifest_dir=paths.manifest_dir, objects_dir=paths.objects_dir,
-        model_dir=paths.model_dir, thresholds_file=tmp_path / "t.json", metrics_file=tmp_path / "m.json",
-        plots_dir=tmp_path / "plots"), batch_size=4)
+    results = evaluate.run(paths, batch_size=4)
     assert results["val_mAP"] == pytest.approx(summary["val_map"], abs=1e-5)
 
     # a second run reuses the maps instead of recomputing them
     before = {p: p.stat().st_mtime_ns for p in caches[0].glob("*.npy")}
-    train.run(params, tiny_workspace.train_paths("frozen-again"), track=False)
+    trainer.run(params, tiny_workspace.train_paths("frozen-again"), track=False)
     assert {p: p.stat().st_mtime_ns for p in caches[0].glob("*.npy")} == before

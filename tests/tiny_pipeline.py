@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.params import Params, params_from_dict, read_yaml
+from support import REPO  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+from core.params import Params, params_from_dict, read_yaml
 
 TINY_OVERRIDES: dict[str, dict[str, Any]] = {
     "synth": {"images": 16},
@@ -53,19 +53,21 @@ class TinyWorkspace:
         return self.root / "data"
 
     def train_paths(self, name: str = "run"):
-        from stages.train import TrainPaths
+        from core.workspace import Workspace
 
-        return TrainPaths(
-            data_root=self.root / "raw", manifest_dir=self.data / "manifest", labels_json=self.data / "labels.json",
-            objects_dir=self.data / "objects", graph_dir=self.data / "graph", model_dir=self.root / name / "model",
-            report_dir=self.root / name / "reports", ray_storage=self.root / "ray_results",
-            body_cache_root=self.data / "cache" / "body",
+        run = self.root / name
+        return Workspace.at(
+            self.root, data_root=self.root / "raw", model_dir=run / "model", train_report_dir=run / "reports",
+            thresholds_file=run / "thresholds.json", metrics_file=run / "metrics.json",
+            details_file=run / "metrics_per_class.json", plots_dir=run / "plots", ray_storage=self.root / "ray_results",
         )
 
 
 def build(root: Path, fmt: str = "emotic") -> TinyWorkspace:
-    from stages import cooccurrence, embeddings, ingest, objects
-    from stages.data.synth import generate
+    from core.data import ingest
+    from core.features import objects
+    from core.graph import cooccurrence, embeddings
+    from core.synth import generate
 
     params_dict = tiny_params_dict(root, fmt)
     params = params_from_dict(params_dict)

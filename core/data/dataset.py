@@ -5,7 +5,7 @@ the stored top-N object features (memory-mapped, never loaded whole), their boxe
 mask, the person box and the target. `body_tensor` is the single implementation of the
 crop preprocessing: training, evaluation and `ctxemo predict` all call it.
 
-With `body_features` (a [S,C,h,w] .npy written by stages/body_cache.py, row i = manifest
+With `body_features` (a [S,C,h,w] .npy written by core/training/body_cache.py, row i = manifest
 row i) the item's "body" is that precomputed backbone map instead of the crop, and the
 image is never opened: the sweep's frozen-backbone fast path.
 """
@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from stages.data.object_store import ObjectStore
-from stages.errors import UserError
+from core.data.object_store import ObjectStore
+from core.errors import UserError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)

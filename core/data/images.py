@@ -1,4 +1,4 @@
-"""Decoding images the same way in every stage (objects, training loader, predict).
+"""Decoding images the same way in every stage (detect, objects, training loader, predict).
 
 Boxes in the manifest refer to the pixels as stored, so EXIF orientation is deliberately
 NOT applied: rotating the image would move every annotated box.
@@ -6,11 +6,12 @@ NOT applied: rotating the image would move every annotated box.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from stages.errors import UserError
+from core.errors import UserError
 
 
 class ImageReadError(UserError):
@@ -36,3 +37,16 @@ def load_rgb(path: str | Path) -> np.ndarray:
     if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageReadError(f"{path}: decoded to an empty image of shape {array.shape}")
     return array
+
+
+def as_rgb_array(image: Any) -> np.ndarray:
+    """A PIL image or an H x W x 3 uint8 array as a contiguous RGB uint8 array.
+
+    For callers handed an image already in memory (detectors on new photos, tests), so they accept
+    what `load_rgb` returns and what PIL opens alike.
+    """
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an H x W x 3 uint8 RGB array, got {image.shape} {image.dtype}")
+        return np.ascontiguousarray(image)
+    return np.asarray(image.convert("RGB"))

@@ -1,4 +1,4 @@
-"""Ingest: raw data set -> the manifest contract (see ../shared/DESIGN.md, stages/data/manifest.py).
+"""Ingest: raw data set -> the manifest contract (see ../shared/DESIGN.md, core/data/manifest.py).
 
 Run from the repository root (reads params.yaml `seed` and `data:`):
 
@@ -13,7 +13,7 @@ Writes
   data/labels.json                         {"dataset": kind, "classes": [...]}
   reports/ingest.json                      (main only) a copy of summary.json: DVC metrics
 
-What happens to each candidate person the readers (stages/data/readers.py) produce, in
+What happens to each candidate person the readers (core/data/readers) produce, in
 this order; the first failing check names its quarantine reason:
   1. duplicate_row: same image, same box and same labels as an earlier row (train, val,
      test order; the first one is kept).
@@ -35,11 +35,9 @@ Zero valid rows, a wrong path or a wrong setting stop with one line (UserError),
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,18 +47,16 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile
 
-from stages.data.labels import class_names
-from stages.data.manifest import SPLITS, Quarantine, manifest_table, write_table
-from stages.data.readers import Candidate, ReadResult, read_dataset
-from stages.errors import UserError
-from stages.params import DEFAULT_PARAMS, DataConfig
+from core.data.labels import class_names
+from core.data.manifest import SPLITS, Quarantine, manifest_table, write_table
+from core.data.readers import Candidate, ReadResult, read_dataset
+from core.errors import UserError
+from core.params import DataConfig
+from core.workspace import DEFAULT_WORKSPACE
 
 MANIFEST_SUBDIR = "manifest"
 SUMMARY_NAME = "summary.json"
 CAERS_VAL_SPLIT_NAME = "caers_val_split.json"
-# dvc.yaml tracks this copy as the stage's metrics: a metrics file may not sit inside the
-# data/manifest output directory.
-METRICS_JSON = Path("reports/ingest.json")
 
 
 @dataclass(frozen=True)
@@ -189,7 +185,7 @@ def carve_val(rows: list[dict[str, Any]], fraction: float, seed: int) -> list[st
     return sorted(val_ids)
 
 
-def _write_json(obj: Any, path: Path) -> None:
+def write_json(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
@@ -209,7 +205,7 @@ def _no_valid_rows(source: str, q: Quarantine) -> UserError:
         f"first: {first['reason']} at {first['source_ref']}: {first['detail']}")
 
 
-def run(data_cfg: DataConfig, seed: int, out_dir: Path = Path("data")) -> dict[str, Any]:
+def run(data_cfg: DataConfig, seed: int, out_dir: Path = DEFAULT_WORKSPACE.manifest_dir.parent) -> dict[str, Any]:
     """Read the data set `data_cfg` names, check it, and write the manifest under `out_dir`."""
     kind = data_cfg.kind
     if kind == "caers" and not 0.0 <= data_cfg.val_fraction < 1.0:
@@ -239,11 +235,11 @@ def run(data_cfg: DataConfig, seed: int, out_dir: Path = Path("data")) -> dict[s
     for split, split_rows in per_split.items():
         write_table(manifest_table(split_rows), manifest_dir / f"{split}.parquet")
     write_table(q.table(), manifest_dir / "quarantine.parquet")
-    _write_json({"dataset": kind, "classes": classes}, Path(out_dir) / "labels.json")
+    write_json({"dataset": kind, "classes": classes}, Path(out_dir) / "labels.json")
     val_split_file = manifest_dir / CAERS_VAL_SPLIT_NAME
     if val_ids is not None:
         carved_counts = Counter(classes[r["labels"][0]] for r in per_split["val"])
-        _write_json({"seed": seed, "val_fraction": data_cfg.val_fraction, "carved_from": "train",
+        write_json({"seed": seed, "val_fraction": data_cfg.val_fraction, "carved_from": "train",
                      "per_class": {c: carved_counts.get(c, 0) for c in classes},
                      "sample_ids": val_ids}, val_split_file)
     elif val_split_file.exists():
@@ -265,8 +261,18 @@ def run(data_cfg: DataConfig, seed: int, out_dir: Path = Path("data")) -> dict[s
                                              minlength=len(classes)).tolist()))
             for s in SPLITS},
     }
-    _write_json(summary, manifest_dir / SUMMARY_NAME)
+    write_json(summary, manifest_dir / SUMMARY_NAME)
     return summary
+
+
+def ingest_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """The counts `dvc metrics show` prints (reports/ingest.json); the full summary, with the
+    quarantine per reason and the label frequencies, stays in data/manifest/summary.json."""
+    return {
+        "persons": summary["rows"],
+        "quarantined": summary["quarantine"]["total"],
+        "boxes_clamped": sum(summary["boxes_clamped"].values()),
+    }
 
 
 def report_lines(summary: dict[str, Any]) -> list[str]:
@@ -282,29 +288,3 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
         f"whole-frame boxes {sum(summary['whole_frame_boxes'].values())}",
     ]
     return lines
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.ingest", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default params.yaml)")
-    parser.add_argument("--out", default="data", help="output folder (default data)")
-    parser.add_argument("--metrics", default=str(METRICS_JSON),
-                        help=f"copy of summary.json for DVC metrics (default {METRICS_JSON})")
-    args = parser.parse_args(argv)
-    from models.config import ConfigError
-    from stages.params import load_params
-
-    try:
-        params = load_params(args.params)
-        summary = run(params.data, params.seed, Path(args.out))
-    except (UserError, ConfigError) as exc:
-        print(f"ingest: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    _write_json(summary, Path(args.metrics))
-    for line in report_lines(summary):
-        print(line)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,8 +16,6 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-MANIFEST_DIR = Path("data/manifest")
-LABELS_JSON = Path("data/labels.json")
 SPLITS = ("train", "val", "test")
 
 MANIFEST_SCHEMA = pa.schema(
@@ -88,11 +86,11 @@ def write_table(table: pa.Table, path: Path) -> None:
     tmp.replace(path)  # atomic: a killed ingest never leaves a half-written manifest
 
 
-def read_manifest(split: str, manifest_dir: Path = MANIFEST_DIR):
+def read_manifest(split: str, manifest_dir: Path):
     """The manifest of one split as a pandas DataFrame."""
     return pq.read_table(Path(manifest_dir) / f"{split}.parquet").to_pandas()
 
 
-def read_labels(path: Path = LABELS_JSON) -> list[str]:
+def read_labels(path: Path) -> list[str]:
     with Path(path).open() as fh:
         return list(json.load(fh)["classes"])

@@ -1,4 +1,4 @@
-"""Read side of data/objects/<split>/ (written by stages/objects.py) for the training loader.
+"""Read side of data/objects/<split>/ (written by the objects stage, core/features/) for the training loader.
 
 The arrays are memory-mapped, never loaded whole. The store pickles without its memmaps and
 reopens them on first use, so each DataLoader worker process maps the files itself instead
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from stages.errors import UserError
+from core.errors import UserError
 
 ARRAY_FILES = ("features", "boxes", "scores", "classes", "counts")
 

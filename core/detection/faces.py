@@ -1,4 +1,4 @@
-"""Face of every target person in the manifest (and people in new photos, for `ctxemo predict`).
+"""Face of every target person in the manifest: the logic of the DVC stage `detect`.
 
     python -m stages.detect                  # reads data/manifest/{train,val,test}.parquet, params.yaml
 
@@ -14,7 +14,9 @@ Detectors (params `detect.face_detector`):
           weight (not a probability), so `face_threshold` does not apply; `haar_min_neighbors`
           is its acceptance rule.
 A person without a face is recorded as `no_face`, an image that cannot be decoded as
-`unreadable_image` (with the error in `detail`); no row is ever dropped.
+`unreadable_image` (with the error in `detail`); no row is ever dropped. Images are decoded by
+core/data/images.py, as in every other stage. People in new photos (inference, no annotated
+boxes) are found by core/detection/people.py.
 
 Splits with at least `detect.ray_min_images` images run through Ray Data `map_batches` over an
 actor pool (one CPU per actor, each holding its own detector); smaller ones run in-process with
@@ -25,23 +27,22 @@ face_score (nullable float32), detector, status (ok | no_face | unreadable_image
 """
 from __future__ import annotations
 
-import argparse
-import functools
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from core.data.images import ImageReadError, as_rgb_array, load_rgb
+from core.data.manifest import SPLITS, read_manifest, write_table
+from core.errors import UserError
+from core.params import DetectConfig
+from core.workspace import DEFAULT_WORKSPACE
 from models.config import from_dict, to_dict
-from stages.data.manifest import MANIFEST_DIR, SPLITS, read_manifest, write_table
-from stages.errors import UserError
-from stages.params import DEFAULT_PARAMS, DetectConfig, load_params
 
-DETECTIONS_DIR = Path("data/detections")
 FACE_DETECTORS = ("mtcnn", "haar")
 STATUS_OK, STATUS_NO_FACE, STATUS_UNREADABLE = "ok", "no_face", "unreadable_image"
 STATUSES = (STATUS_OK, STATUS_NO_FACE, STATUS_UNREADABLE)
@@ -61,28 +62,6 @@ DETECTIONS_SCHEMA = pa.schema(
         ("detail", pa.string()),
     ]
 )
-
-
-# ----------------------------------------------------------------------------- images
-def load_rgb(path: str | Path) -> tuple[np.ndarray | None, str | None]:
-    """(H x W x 3 uint8 array, None) or (None, why it could not be decoded)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB")), None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        # OSError covers missing files, unknown formats and truncated data.
-        return None, f"{type(exc).__name__}: {exc}"
-
-
-def as_rgb_array(image: Any) -> np.ndarray:
-    """A PIL image or an H x W x 3 uint8 array as a contiguous RGB uint8 array."""
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an H x W x 3 uint8 RGB array, got {image.shape} {image.dtype}")
-        return np.ascontiguousarray(image)
-    return np.asarray(image.convert("RGB"))
 
 
 # ----------------------------------------------------------------------------- face detectors
@@ -251,10 +230,11 @@ def detect_batch(batch: dict[str, np.ndarray], detector: FaceDetector,
     for image_path in dict.fromkeys(image_paths.tolist()):
         rows = np.flatnonzero(image_paths == image_path)
         full_path = Path(data_root) / image_path
-        rgb, error = load_rgb(full_path)
-        if error is not None:
+        try:
+            rgb, error = load_rgb(full_path), None
+        except ImageReadError as exc:
             # The same message wherever the dataset root lives (the file is a DVC output).
-            error = error.replace(str(full_path), image_path)
+            rgb, error = None, str(exc).replace(str(full_path), image_path)
         found = faces_for_people(rgb, boxes[rows], detector,
                                  [bool(v) for v in np.asarray(batch["whole_frame"])[rows]])
         for row, result in zip(rows, found):
@@ -330,7 +310,7 @@ def _detect_in_process(frame, cfg: DetectConfig, data_root: Path) -> list[dict[s
 def _detect_with_ray(frame, cfg: DetectConfig, data_root: Path) -> list[dict[str, np.ndarray]]:
     import ray.data
 
-    from stages.ray_utils import cluster_cpus
+    from core.ray_utils import cluster_cpus
 
     n_batches = math.ceil(len(frame) / cfg.batch_size)
     n_actors = max(1, min(cluster_cpus(), n_batches))
@@ -381,8 +361,8 @@ def detect_split(manifest, cfg: DetectConfig, data_root: Path, use_ray: bool) ->
     return _results_table(manifest, batches, cfg.face_detector)
 
 
-def run(cfg: DetectConfig, data_root: Path, manifest_dir: Path = MANIFEST_DIR,
-        out_dir: Path = DETECTIONS_DIR, splits: Sequence[str] = SPLITS) -> dict[str, Any]:
+def run(cfg: DetectConfig, data_root: Path, manifest_dir: Path = DEFAULT_WORKSPACE.manifest_dir,
+        out_dir: Path = DEFAULT_WORKSPACE.detections_dir, splits: Sequence[str] = SPLITS) -> dict[str, Any]:
     """Detect the faces of every split, write data/detections/<split>.parquet, return counts."""
     data_root, manifest_dir, out_dir = Path(data_root), Path(manifest_dir), Path(out_dir)
     if cfg.face_detector not in FACE_DETECTORS:
@@ -425,131 +405,6 @@ def _ray_session_if(needed: bool):
 
     if not needed:
         return contextlib.nullcontext()
-    from stages.ray_utils import ray_session
+    from core.ray_utils import ray_session
 
     return ray_session()
-
-
-# ----------------------------------------------------------------------------- people
-class PeopleFound(NamedTuple):
-    people: list[tuple[list[float], float]]   # ([x1, y1, x2, y2], score), best first
-    detector: str                             # e.g. "fasterrcnn_resnet50_fpn (COCO_V1, cached)" or "hog"
-
-
-def _cached_enum_weights(detector: str):
-    """The torchvision COCO weight enum of `detector` when its file is already in the torch hub
-    cache, else None: looking never downloads."""
-    import os
-    from urllib.parse import urlparse
-
-    import torch
-    from torchvision.models import get_model_weights
-
-    try:
-        weights = get_model_weights(detector).DEFAULT
-    except (ValueError, KeyError):
-        raise UserError(f"unknown torchvision detector {detector!r}") from None
-    filename = os.path.basename(urlparse(weights.url).path)
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    return weights if cached.is_file() else None
-
-
-@functools.lru_cache(maxsize=2)
-def _load_person_detector(detector: str, weights_file: str | None):
-    """(model in eval mode, person class id, description) or None when no weights are available."""
-    import torch
-    from torchvision.models import get_model
-
-    if weights_file is not None:
-        path = Path(weights_file)
-        if not path.is_file():
-            raise UserError(f"person detector weights file not found: {path.resolve()}")
-        try:
-            model = get_model(detector, weights=None, weights_backbone=None, num_classes=91)
-        except ValueError:
-            raise UserError(f"unknown torchvision detector {detector!r}") from None
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-            state = state["model"]  # torchvision reference-script checkpoints wrap the weights
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise UserError(f"{path} does not hold {detector} COCO weights: {first}") from None
-        # COCO category ids as torchvision numbers them: 1 is person.
-        return model.eval(), 1, f"{detector} ({path.name})"
-    weights = _cached_enum_weights(detector)
-    if weights is None:
-        return None
-    model = get_model(detector, weights=weights)
-    return model.eval(), weights.meta["categories"].index("person"), f"{detector} ({weights.name}, cached)"
-
-
-def _hog_people(rgb: np.ndarray) -> list[tuple[list[float], float]]:
-    import cv2
-
-    hog = cv2.HOGDescriptor()
-    hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
-    window_w, window_h = hog.winSize
-    if rgb.shape[0] < window_h or rgb.shape[1] < window_w:
-        return []  # smaller than one detection window: nobody can be found
-    rects, weights = hog.detectMultiScale(np.ascontiguousarray(rgb[:, :, ::-1]), winStride=(8, 8),
-                                          padding=(8, 8), scale=1.05)
-    height, width = rgb.shape[:2]
-    people = []
-    for (x, y, w, h), score in zip(np.asarray(rects).reshape(-1, 4), np.asarray(weights).reshape(-1)):
-        box = [float(max(x, 0)), float(max(y, 0)), float(min(x + w, width)), float(min(y + h, height))]
-        people.append((box, float(score)))
-    return sorted(people, key=lambda p: -p[1])
-
-
-def find_people(image: Any, *, detector: str = "fasterrcnn_resnet50_fpn", weights: str | None = None,
-                score_threshold: float = 0.5) -> PeopleFound:
-    """People in a photo without annotated persons (inference on new photos).
-
-    Uses the Faster R-CNN `person` class when weights are available: `weights` a local file, or
-    (weights None) the torchvision COCO enum already in the torch hub cache; never downloads.
-    Otherwise OpenCV's HOG people detector (its SVM margins are not probabilities, so
-    `score_threshold` does not apply to it). `detector` in the result says which was used.
-    """
-    rgb = as_rgb_array(image)
-    loaded = _load_person_detector(detector, None if weights is None else str(weights))
-    if loaded is None:
-        return PeopleFound(_hog_people(rgb), "hog")
-    import torch
-
-    model, person_class, description = loaded
-    tensor = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255.0)
-    with torch.inference_mode():
-        output = model([tensor])[0]
-    keep = (output["labels"] == person_class) & (output["scores"] >= score_threshold)
-    boxes, scores = output["boxes"][keep].tolist(), output["scores"][keep].tolist()
-    people = sorted(zip(boxes, scores), key=lambda p: -p[1])
-    return PeopleFound([([float(v) for v in b], float(s)) for b, s in people], description)
-
-
-# ----------------------------------------------------------------------------- CLI
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    parser.add_argument("--manifest-dir", type=Path, default=MANIFEST_DIR)
-    parser.add_argument("--out-dir", type=Path, default=DETECTIONS_DIR)
-    args = parser.parse_args(argv)
-    params = load_params(args.params)
-    try:
-        summary = run(params.detect, Path(params.data.root), args.manifest_dir, args.out_dir)
-    except UserError as exc:
-        raise SystemExit(f"detect: {exc}") from None
-    for split, counts in summary["splits"].items():
-        print(f"detect [{summary['detector']}] {split}: {counts['persons']} persons in "
-              f"{counts['images']} images: faces found {counts[STATUS_OK]}, none {counts[STATUS_NO_FACE]}, "
-              f"unreadable {counts[STATUS_UNREADABLE]} ({counts['seconds']} s"
-              f"{', Ray Data' if counts['ray'] else ''})")
-        for line in counts["unreadable_images"][:10]:
-            print(f"detect {split}: unreadable image {line}")
-        if len(counts["unreadable_images"]) > 10:
-            print(f"detect {split}: ... {len(counts['unreadable_images']) - 10} more unreadable images")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,7 @@
 """Evaluate the best checkpoint: thresholds on val, metrics and plots on test.
 
-    python -m stages.evaluate       # params.yaml; reads artifacts/model, writes reports/
+Run by the evaluate stage (`python -m stages.evaluate`); registration re-scores a registered
+model through `evaluate_model` on the workspace's current data.
 
 Multi-label (EMOTIC): per-class thresholds where precision = recall on val, then on test
 mAP, per-class AP, C-F1, O-F1 and mean Jaccard, next to the label-frequency baseline
@@ -8,40 +9,36 @@ mAP, per-class AP, C-F1, O-F1 and mean Jaccard, next to the label-frequency base
 accuracy, per-class accuracy and the confusion matrix next to the majority-class baseline.
 Plots for `dvc plots show`: per-class AP bars, PR curves, confusion matrix. Everything
 is logged to the training run in MLflow.
+
+`metrics_file` (reports/metrics.json, what `dvc metrics show` prints) holds only the headline
+figures, so the table stays readable; per-class AP, F1, thresholds, the confusion matrix and
+the notes go to `details_file` (reports/metrics_per_class.json) and the plots.
 """
 from __future__ import annotations
 
 import json
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stages import metrics
-from stages.errors import UserError
-from stages.params import load_params
+from core.evaluation import metrics
+from core.workspace import Workspace
+
+# The headline figures: reports/metrics.json, the DVC metrics table.
+HEADLINE = {
+    "multilabel": ("mAP", "baseline_mAP", "val_mAP", "c_f1", "o_f1", "jaccard"),
+    "multiclass": ("accuracy", "baseline_accuracy", "val_accuracy", "mean_class_accuracy"),
+}
 
 
-@dataclass(frozen=True)
-class EvalPaths:
-    data_root: Path
-    manifest_dir: Path = Path("data/manifest")
-    objects_dir: Path = Path("data/objects")
-    model_dir: Path = Path("artifacts/model")
-    thresholds_file: Path = Path("artifacts/thresholds.json")
-    metrics_file: Path = Path("reports/metrics.json")
-    plots_dir: Path = Path("reports/plots")
-
-
-def score_split(package, paths: EvalPaths, split: str, batch_size: int, loader_workers: int = 0):
+def score_split(package, paths: Workspace, split: str, batch_size: int, loader_workers: int = 0):
     """(targets, scores) of one split through the training Dataset and the trained model."""
     from torch.utils.data import DataLoader
 
-    from stages.data.dataset import PersonDataset
-    from stages.data.manifest import read_manifest
-    from stages.inference import predict_loader
+    from core.data.dataset import PersonDataset
+    from core.data.manifest import read_manifest
+    from core.inference import predict_loader
 
     dataset = PersonDataset(
         read_manifest(split, paths.manifest_dir), paths.data_root, paths.objects_dir / split,
@@ -146,11 +143,13 @@ def write_plots(results: dict[str, Any], classes: list[str], test: tuple, plots_
     return written
 
 
-def run(paths: EvalPaths, batch_size: int = 32) -> dict[str, Any]:
-    from stages.data.manifest import read_manifest
-    from stages.inference import load_model_package
+def evaluate_model(package, paths: Workspace, batch_size: int) -> tuple[dict[str, Any], Any, tuple]:
+    """Score `package` on val and test of the workspace's data: (results, thresholds, test scores).
 
-    package = load_model_package(paths.model_dir)
+    The one evaluation path: the evaluate stage and the promotion gate's re-score both use it.
+    """
+    from core.data.manifest import read_manifest
+
     classes = package.classes
     val = score_split(package, paths, "val", batch_size)
     test = score_split(package, paths, "test", batch_size)
@@ -163,26 +162,41 @@ def run(paths: EvalPaths, batch_size: int = 32) -> dict[str, Any]:
     else:
         results, thresholds = multiclass_results(classes, val, test, counts)
     results["dataset"] = package.params["data"]["kind"]
-    for path in (paths.metrics_file, paths.thresholds_file):
+    return results, thresholds, test
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """What reports/metrics.json keeps: task, data set, size and the task's headline figures."""
+    keys = ("task", "dataset", "num_examples", *HEADLINE[results["task"]])
+    return {key: results.get(key) for key in keys}
+
+
+def run(paths: Workspace, batch_size: int) -> dict[str, Any]:
+    from core.inference import load_model_package
+
+    package = load_model_package(paths.model_dir)
+    results, thresholds, test = evaluate_model(package, paths, batch_size)
+    for path in (paths.metrics_file, paths.details_file, paths.thresholds_file):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(paths.metrics_file).write_text(json.dumps(results, indent=2))
-    threshold_doc = {"classes": classes, "task": package.task,
+    Path(paths.metrics_file).write_text(json.dumps(headline(results), indent=2))
+    Path(paths.details_file).write_text(json.dumps(results, indent=2))
+    threshold_doc = {"classes": package.classes, "task": package.task,
                      "thresholds": None if thresholds is None else thresholds.to_dict()["values"],
-                     "rule": "per class on val where precision = recall (stages/metrics.py)"}
+                     "rule": "per class on val where precision = recall (core/evaluation/metrics.py)"}
     Path(paths.thresholds_file).write_text(json.dumps(threshold_doc, indent=2))
-    plots = write_plots(results, classes, test, Path(paths.plots_dir))
+    plots = write_plots(results, package.classes, test, Path(paths.plots_dir))
     _log_to_mlflow(paths, results, plots)
     return results
 
 
-def _log_to_mlflow(paths: EvalPaths, results: dict[str, Any], plots: list[Path]) -> None:
+def _log_to_mlflow(paths: Workspace, results: dict[str, Any], plots: list[Path]) -> None:
     """Add test metrics, thresholds and plots to the run that trained the model."""
     run_file = Path(paths.model_dir) / "mlflow_run.json"
     if not run_file.is_file():
         return
     import mlflow
 
-    from stages import tracking
+    from core import tracking
 
     tracking.setup()
     scalars = {f"test_{k}": float(v) for k, v in results.items()
@@ -190,25 +204,7 @@ def _log_to_mlflow(paths: EvalPaths, results: dict[str, Any], plots: list[Path])
     with mlflow.start_run(run_id=json.loads(run_file.read_text())["run_id"]):
         mlflow.log_metrics(scalars)
         mlflow.log_artifact(str(paths.metrics_file), artifact_path="evaluation")
+        mlflow.log_artifact(str(paths.details_file), artifact_path="evaluation")
         mlflow.log_artifact(str(paths.thresholds_file), artifact_path="evaluation")
         for plot in plots:
             mlflow.log_artifact(str(plot), artifact_path="evaluation/plots")
-
-
-def main(argv: list[str] | None = None) -> int:
-    from pipelines.env import apply_embedded_defaults
-    from pipelines.report import print_metrics_table
-
-    apply_embedded_defaults()
-    try:
-        params = load_params()
-        results = run(EvalPaths(data_root=Path(params.data.root)), batch_size=params.train.batch_size)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print_metrics_table(results)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -30,7 +30,7 @@ def metrics_rows(results: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def print_metrics_table(results: dict[str, Any]) -> None:
     rows = metrics_rows(results)
-    print(f"\n{results.get('dataset', '')} {results['task']} on {results['split']} "
+    print(f"\n{results.get('dataset', '')} {results['task']} on {results.get('split', 'test')} "
           f"({results['num_examples']} persons)")
     print(markdown_table(["metric", "value"], rows))
     per_class = results.get("per_class", {})

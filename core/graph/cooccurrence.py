@@ -15,17 +15,15 @@ Writes (under data/graph/):
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from stages.data.manifest import LABELS_JSON, MANIFEST_DIR, read_labels, read_manifest
-from stages.errors import UserError
+from core.data.manifest import read_labels, read_manifest
+from core.errors import UserError
 
-GRAPH_DIR = Path("data/graph")
 COOCCURRENCE_NPY = "cooccurrence.npy"
 COUNTS_JSON = "counts.json"
 HEATMAP_PNG = "cooccurrence.png"
@@ -96,8 +94,7 @@ def plot_cooccurrence(probabilities: np.ndarray, class_names: Sequence[str], pat
     plt.close(fig)
 
 
-def run(manifest_dir: Path = MANIFEST_DIR, labels_path: Path = LABELS_JSON,
-        out_dir: Path = GRAPH_DIR, split: str = "train") -> dict[str, Any]:
+def run(manifest_dir: Path, labels_path: Path, out_dir: Path, split: str = "train") -> dict[str, Any]:
     """Compute P and the counts on `split`, write the three artifacts, return a summary."""
     manifest_dir, labels_path, out_dir = Path(manifest_dir), Path(labels_path), Path(out_dir)
     manifest_file = manifest_dir / f"{split}.parquet"
@@ -145,24 +142,3 @@ def run(manifest_dir: Path = MANIFEST_DIR, labels_path: Path = LABELS_JSON,
         "nonzero_pairs": int(np.count_nonzero(probabilities)),
         "outputs": [str(out_dir / name) for name in (COOCCURRENCE_NPY, COUNTS_JSON, HEATMAP_PNG)],
     }
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--manifest-dir", type=Path, default=MANIFEST_DIR)
-    parser.add_argument("--labels", type=Path, default=LABELS_JSON)
-    parser.add_argument("--out-dir", type=Path, default=GRAPH_DIR)
-    args = parser.parse_args(argv)
-    try:
-        summary = run(args.manifest_dir, args.labels, args.out_dir)
-    except UserError as exc:
-        raise SystemExit(f"cooccurrence: {exc}") from None
-    print(f"cooccurrence: {summary['n_persons']} training persons, {summary['n_classes']} classes, "
-          f"{summary['nonzero_pairs']} non-zero pairs -> {args.out_dir}")
-    if summary["zero_count_classes"]:
-        print("cooccurrence: classes no training person carries (rows of zeros): "
-              + ", ".join(summary["zero_count_classes"]))
-
-
-if __name__ == "__main__":
-    main()

@@ -28,7 +28,6 @@ Writes data/graph/label_embeddings.npy (C x d float32) and data/graph/label_embe
 """
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import json
@@ -40,11 +39,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from stages.data.manifest import LABELS_JSON, read_labels
-from stages.errors import UserError
-from stages.params import DEFAULT_PARAMS, EmbeddingsConfig, load_params
+from core.data.manifest import read_labels
+from core.errors import UserError
+from core.params import EmbeddingsConfig
 
-GRAPH_DIR = Path("data/graph")
 EMBEDDINGS_NPY = "label_embeddings.npy"
 EMBEDDINGS_JSON = "label_embeddings.json"
 SOURCES = ("glove6b50", "glove_file")
@@ -262,7 +260,7 @@ OOV_RULE = ("label vector = mean of its words (name lowercased, split on / - whi
             "of the found label words)")
 
 
-def run(cfg: EmbeddingsConfig, labels_path: Path = LABELS_JSON, out_dir: Path = GRAPH_DIR,
+def run(cfg: EmbeddingsConfig, labels_path: Path, out_dir: Path,
         seed: int = 0) -> dict[str, Any]:
     """Embed every class of `labels_path`; write the npy + json; return a summary."""
     labels_path, out_dir = Path(labels_path), Path(out_dir)
@@ -295,25 +293,3 @@ def run(cfg: EmbeddingsConfig, labels_path: Path = LABELS_JSON, out_dir: Path = 
         "seconds": round(seconds, 3),
         "outputs": [str(out_dir / EMBEDDINGS_NPY), str(out_dir / EMBEDDINGS_JSON)],
     }
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    parser.add_argument("--labels", type=Path, default=LABELS_JSON)
-    parser.add_argument("--out-dir", type=Path, default=GRAPH_DIR)
-    args = parser.parse_args(argv)
-    params = load_params(args.params)
-    try:
-        summary = run(params.embeddings, args.labels, args.out_dir, seed=params.seed)
-    except UserError as exc:
-        raise SystemExit(f"embeddings: {exc}") from None
-    print(f"embeddings: {summary['shape'][0]} labels x {summary['shape'][1]}-d from "
-          f"{summary['source']} in {summary['seconds']} s -> {args.out_dir}")
-    for word, (handling, replaced_by) in summary["oov"].items():
-        print(f"embeddings: out-of-vocabulary {word!r}: {handling}"
-              + (f" -> {', '.join(replaced_by)}" if replaced_by else ""))
-
-
-if __name__ == "__main__":
-    main()

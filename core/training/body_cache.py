@@ -1,6 +1,7 @@
 """Backbone feature maps of every body crop, computed once for frozen-backbone sweeps.
 
-    python -m stages.body_cache        # params.yaml; writes data/cache/body/<fingerprint>/
+Built by the training stage (`train.frozen_backbone`), the sweep (`tune.frozen_backbone`) and
+the ablations; written to `<workspace.body_cache_root>/<fingerprint>/`.
 
 With the backbone frozen, the map it produces for a crop never changes between epochs or
 trials, so the sweep computes it once here and its trials train only what comes after it
@@ -23,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -31,12 +31,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from stages.errors import UserError
-from stages.params import Params, load_params
+from core.errors import UserError
+from core.params import Params
+from core.workspace import Workspace
 
-CACHE_ROOT = Path("data/cache/body")
 FORMAT_VERSION = 1
-# Bump when stages/data/dataset.py:body_tensor changes what a crop looks like.
+# Bump when core/data/dataset.py:body_tensor changes what a crop looks like.
 PREPROCESSING = "body_tensor: crop, bilinear resize to input_size, ImageNet mean/std; backbone in eval mode"
 DTYPES = ("float16", "float32")
 MANIFEST_SPLITS = ("train", "val", "test")
@@ -149,24 +149,24 @@ def _extract_split(backbone, dataset, out_file: Path, dtype: str, batch_size: in
     return shape
 
 
-def run(params: Params, paths, *, cache_root: Path = CACHE_ROOT, splits: tuple[str, ...] = ("train", "val"),
+def run(params: Params, paths: Workspace, *, cache_root: Path | None = None, splits: tuple[str, ...] = ("train", "val"),
         dtype: str | None = None, device: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Build (or reuse) the cached backbone maps of `splits`; returns the folder and what was done.
 
-    `paths` is a stages.train.TrainPaths (manifest, objects and data root locations).
+    `paths`: the workspace (manifest, objects, data root); `cache_root` defaults to its body_cache_root.
     """
     import torch
 
-    from stages.data.dataset import PersonDataset
-    from stages.data.labels import task_of
-    from stages.data.manifest import read_labels, read_manifest
+    from core.data.dataset import PersonDataset
+    from core.data.labels import task_of
+    from core.data.manifest import read_labels, read_manifest
 
     dtype = dtype or params.tune.cache_dtype
     if dtype not in DTYPES:
         raise UserError(f"tune.cache_dtype must be one of {DTYPES}, not {dtype!r}")
     started = time.perf_counter()
     inputs = fingerprint_inputs(params, Path(paths.manifest_dir), Path(paths.data_root), dtype)
-    folder = Path(cache_root) / fingerprint(inputs)
+    folder = Path(cache_root or paths.body_cache_root) / fingerprint(inputs)
     folder.mkdir(parents=True, exist_ok=True)
     _write_atomic(folder / "fingerprint.json", json.dumps(inputs, indent=2))
 
@@ -195,22 +195,3 @@ def run(params: Params, paths, *, cache_root: Path = CACHE_ROOT, splits: tuple[s
             f"in {time.perf_counter() - split_started:.1f} s -> {folder / (split + '.npy')}")
     return {"dir": str(folder), "fingerprint": folder.name, "built": built, "reused": reused, "shapes": shapes,
             "seconds": round(time.perf_counter() - started, 1)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    from pipelines.env import apply_embedded_defaults
-    from stages.train import TrainPaths
-
-    apply_embedded_defaults()
-    try:
-        params = load_params()
-        summary = run(params, TrainPaths(data_root=Path(params.data.root)))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,62 +1,36 @@
-"""Train any registered model with Ray Train (DDP over `train.num_workers` workers).
+"""The training loop: one train + validate epoch of any registered model, and the Ray Train worker.
 
-    python -m stages.train          # params.yaml; RAY_ADDRESS / MLFLOW_TRACKING_URI optional
+`EpochLoop` holds the data, the model, the optimiser and one epoch; `train_loop_per_worker`
+drives it under Ray Train (DDP over `train.num_workers` workers), and the Ray Tune sweep
+(pipelines/sweep/trial.py) drives the same object, so there is one training implementation.
+Every epoch ends in a checkpoint (`CHECKPOINT_FILE`, written by `EpochLoop.state_dict`), so a
+restarted worker group or a restored trial continues from its last epoch.
 
-Reads the manifest, the stored object features and the label graph; writes the best
-checkpoint (by validation mAP, accuracy for CAER-S) to `artifacts/model/` and the
-per-epoch history to `reports/train/`. Every epoch is a Ray Train checkpoint, so with
-`train.max_failures` > 0 a killed worker group restarts from the last one.
-The per-epoch loop (`train_loop_per_worker`) is the single implementation: the Ray Tune
-sweep launches the same loop.
+Whoever schedules the loop builds its config with core/training/inputs.py (`worker_config`);
+core/training/trainer.py runs it as the training stage.
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import sys
 import tempfile
 import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stages.errors import UserError
-from stages.params import Params, load_params, params_from_dict, params_to_dict
+from core.errors import UserError
+from core.faults import fault_point
+from core.params import Params, params_to_dict
+from core.workspace import Workspace
 
-MODEL_DIR = Path("artifacts/model")
-REPORT_DIR = Path("reports/train")
 CHECKPOINT_FILE = "checkpoint.pt"
 PRIMARY = {"multilabel": "val_map", "multiclass": "val_accuracy"}
 
 
-@dataclass(frozen=True)
-class TrainPaths:
-    """Every input and output location, absolute so Ray workers agree on them."""
 
-    data_root: Path
-    manifest_dir: Path = Path("data/manifest")
-    labels_json: Path = Path("data/labels.json")
-    objects_dir: Path = Path("data/objects")
-    graph_dir: Path = Path("data/graph")
-    model_dir: Path = MODEL_DIR
-    report_dir: Path = REPORT_DIR
-    ray_storage: Path = Path(".ray_results")
-    body_cache_root: Path = Path("data/cache/body")  # train.frozen_backbone's backbone maps
-
-    def resolved(self) -> "TrainPaths":
-        return TrainPaths(**{k: Path(v).resolve() for k, v in self.__dict__.items()})
-
-
-# --------------------------------------------------------------------------- workers
-
-
-def _datasets(params: Params, paths: TrainPaths, num_classes: int, task: str, body_cache: str | None = None):
-    from stages.data.dataset import PersonDataset
-    from stages.data.manifest import read_manifest
+def _datasets(params: Params, paths: Workspace, num_classes: int, task: str, body_cache: str | None = None):
+    from core.data.dataset import PersonDataset
+    from core.data.manifest import read_manifest
 
     def make(split: str) -> PersonDataset:
         return PersonDataset(
@@ -104,7 +78,7 @@ def gather_predictions(indices: np.ndarray, scores: np.ndarray, size: int) -> np
 
 def primary_metric(task: str, targets: np.ndarray, scores: np.ndarray) -> float:
     """Validation mAP (multilabel) or accuracy (multiclass): what checkpoints are ranked by."""
-    from stages import metrics
+    from core.evaluation import metrics
 
     if task == "multiclass":
         return float(metrics.multiclass_report(targets, scores, scores.shape[1])["accuracy"])
@@ -132,7 +106,7 @@ class EpochLoop:
     the same object, so there is one training implementation.
 
     `config["body_cache"]` (optional): a folder of precomputed backbone maps
-    (stages/body_cache.py, `<split>.npy`). The loaders then yield those maps instead of
+    (core/training/body_cache.py, `<split>.npy`). The loaders then yield those maps instead of
     crops, the model skips its backbone and the backbone is frozen (not optimised).
     """
 
@@ -143,8 +117,8 @@ class EpochLoop:
         from models import build_loss, build_model, model_spec
 
         self.config, self.rank, self.world, self.device = config, rank, world, device
-        self.params = params = params_from_dict(config["params"])
-        paths = TrainPaths(**{k: Path(v) for k, v in config["paths"].items()})
+        self.params = params = config["params"]
+        paths = config["workspace"]
         self.task, num_classes = config["task"], config["num_classes"]
         torch.manual_seed(params.seed)
         np.random.seed(params.seed)
@@ -193,8 +167,8 @@ class EpochLoop:
     def run_epoch(self, epoch: int) -> dict[str, float]:
         import torch
 
-        from stages.data.dataset import model_inputs
-        from stages.inference import predict_loader
+        from core.data.dataset import model_inputs
+        from core.inference import predict_loader
 
         clip = self.params.train.grad_clip_norm
         self.train_loader.sampler.set_epoch(epoch)
@@ -228,7 +202,7 @@ class EpochLoop:
         return {
             "model": _unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
             "epoch": epoch, "best": self.best, "history": self.history, "spec": self.spec,
-            "params": self.config["params"], "metric": {self.metric_name: self.history[-1][self.metric_name]},
+            "params": params_to_dict(self.params), "metric": {self.metric_name: self.history[-1][self.metric_name]},
         }
 
 
@@ -248,7 +222,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loop.resume(torch.load(Path(ckpt_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=False))
     loop.prepare()
     mlflow_client = _mlflow_client(config) if rank == 0 else None
-    chaos = config.get("chaos") or {}
     epochs = loop.params.train.epochs
 
     for epoch in range(loop.start_epoch, epochs):
@@ -266,12 +239,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                       f"{loop.metric_name} {record['val_metric']:.4f}{' *' if loop.improved else ''} "
                       f"({record['train_samples_per_s']:.1f} samples/s)", flush=True)
             ray.train.report({**record, "best": loop.best}, checkpoint=checkpoint)
-
-        if chaos.get("kill_after_epoch") == epoch and rank == 0:
-            marker = Path(chaos["marker"])
-            if not marker.exists():  # die once, like a lost node; Ray restarts the group
-                marker.write_text(str(os.getpid()))
-                os._exit(1)
+        # after the epoch's checkpoint is reported: a worker lost here resumes from this epoch
+        fault_point("train.after_epoch", epoch=epoch, rank=rank)
 
 
 def _unwrap(model):
@@ -296,293 +265,3 @@ def _mlflow_client(config: dict[str, Any]):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=config["mlflow"]["tracking_uri"])
-
-
-# --------------------------------------------------------------------------- driver
-
-
-def load_graph(paths: TrainPaths, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    cooc_path = paths.graph_dir / "cooccurrence.npy"
-    emb_path = paths.graph_dir / "label_embeddings.npy"
-    for path, stage in ((cooc_path, "cooccurrence"), (emb_path, "embeddings")):
-        if not path.is_file():
-            raise UserError(f"{path} is missing: run `dvc repro {stage}` (or python -m stages.{stage}) first")
-    cooccurrence, embeddings = np.load(cooc_path), np.load(emb_path)
-    if cooccurrence.shape != (num_classes, num_classes) or embeddings.shape[0] != num_classes:
-        raise UserError(f"label graph in {paths.graph_dir} does not match the {num_classes} classes of "
-                        "data/labels.json: rerun the cooccurrence and embeddings stages")
-    return cooccurrence.astype(np.float32), embeddings.astype(np.float32)
-
-
-def label_frequencies(manifest_dir: Path, num_classes: int) -> np.ndarray:
-    from stages.data.manifest import read_manifest
-
-    labels = read_manifest("train", manifest_dir)["labels"]
-    counts = np.zeros(num_classes, dtype=np.float64)
-    for row in labels:
-        counts[np.asarray(list(row), dtype=np.int64)] += 1
-    return counts / max(len(labels), 1)
-
-
-def object_feature_stats(split_dir: Path, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension mean and std of the valid object features of one split, streamed in chunks."""
-    features = np.load(Path(split_dir) / "features.npy", mmap_mode="r")
-    counts = np.load(Path(split_dir) / "counts.npy")
-    total, total_sq, n = np.zeros(features.shape[-1]), np.zeros(features.shape[-1]), 0
-    for start in range(0, len(counts), chunk):
-        block = np.asarray(features[start:start + chunk], dtype=np.float64)
-        valid = np.arange(block.shape[1])[None, :] < counts[start:start + chunk, None]
-        rows = block[valid]
-        total += rows.sum(axis=0)
-        total_sq += np.square(rows).sum(axis=0)
-        n += len(rows)
-    if n == 0:
-        return np.zeros(features.shape[-1], np.float32), np.ones(features.shape[-1], np.float32)
-    mean = total / n
-    std = np.sqrt(np.maximum(total_sq / n - np.square(mean), 0.0))
-    return mean.astype(np.float32), std.astype(np.float32)
-
-
-def resolve_use_gpu(setting: str | bool) -> bool:
-    if isinstance(setting, bool):
-        return setting
-    if setting != "auto":
-        raise UserError(f"train.use_gpu must be auto, true or false, not {setting!r}")
-    import ray
-
-    return ray.cluster_resources().get("GPU", 0) > 0
-
-
-def worker_config(params: Params, paths: TrainPaths) -> dict[str, Any]:
-    """Everything a worker needs, as plain picklable values (paths absolute)."""
-    from stages.data.labels import task_of
-    from stages.data.manifest import read_labels
-
-    paths = paths.resolved()
-    for split in ("train", "val"):
-        if not (paths.manifest_dir / f"{split}.parquet").is_file():
-            raise UserError(f"{paths.manifest_dir / (split + '.parquet')} is missing: run the ingest stage first")
-        if not (paths.objects_dir / split).is_dir():
-            raise UserError(f"{paths.objects_dir / split} is missing: run the objects stage first")
-    classes = read_labels(paths.labels_json)
-    task = task_of(params.data.kind)
-    config: dict[str, Any] = {
-        "params": params_to_dict(params),
-        "paths": {k: str(v) for k, v in paths.__dict__.items()},
-        "task": task,
-        "num_classes": len(classes),
-        "classes": classes,
-        "label_freq": label_frequencies(paths.manifest_dir, len(classes)).tolist(),
-        "object_feature_stats": object_feature_stats(paths.objects_dir / "train"),
-    }
-    if task == "multilabel" and params.model.eld.enabled:
-        config["cooccurrence"], config["label_embeddings"] = load_graph(paths, len(classes))
-    return config
-
-
-def ray_run_name(prefix: str | None) -> str:
-    """A fresh name per fit, unless CTXEMO_RUN_NAME names one to resume.
-
-    Ray Train resumes a run whose name already exists in its storage: a resubmitted cluster
-    job that sets CTXEMO_RUN_NAME continues from that run's last checkpoint.
-    """
-    explicit = os.environ.get("CTXEMO_RUN_NAME")
-    if explicit:
-        return explicit
-    return f"{prefix or 'train'}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-
-
-def fit(params: Params, paths: TrainPaths, *, mlflow_run: dict[str, str] | None = None,
-        chaos: dict[str, Any] | None = None, run_name: str | None = None, body_cache: str | None = None):
-    """Run the TorchTrainer; returns the Ray Train Result.
-
-    `body_cache`: a folder of precomputed backbone maps (stages/body_cache.py); the workers
-    then train with the backbone frozen (EpochLoop).
-    """
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from stages.ray_utils import init_ray
-    from stages.settings import StorageSettings
-
-    config = worker_config(params, paths)
-    config["mlflow"] = mlflow_run
-    config["chaos"] = chaos
-    if body_cache is not None:
-        config["body_cache"] = str(Path(body_cache).resolve())
-    init_ray(include_dashboard=True)
-    use_gpu = resolve_use_gpu(params.train.use_gpu)
-    if not use_gpu:
-        # Share the CPUs between the Ray workers instead of each spawning one thread per core.
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        config["torch_threads"] = max(1, cpus // max(params.train.num_workers, 1))
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=params.train.num_workers, use_gpu=use_gpu),
-        run_config=RunConfig(
-            name=ray_run_name(run_name),
-            # Local `.ray_results` by default; s3://BUCKET/PREFIX/ray when CTXEMO_S3_BUCKET is set,
-            # so a restarted worker group on any node resumes from the same checkpoints.
-            **StorageSettings.from_env().ray_run_storage(paths.resolved().ray_storage),
-            failure_config=FailureConfig(max_failures=params.train.max_failures),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=PRIMARY[config["task"]], checkpoint_score_order="max"),
-        ),
-    )
-    return trainer.fit(), config
-
-
-def export_best(result, config: dict[str, Any], paths: TrainPaths) -> dict[str, Any]:
-    """Copy the best checkpoint's weights, spec, labels and params to `paths.model_dir`."""
-    import torch
-
-    metric = PRIMARY[config["task"]]
-    best = result.get_best_checkpoint(metric=metric, mode="max")
-    if best is None:
-        raise RuntimeError(f"training produced no checkpoint (error: {result.error})")
-    with best.as_directory() as ckpt_dir:
-        state = torch.load(Path(ckpt_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-    model_dir = Path(paths.model_dir)
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    model_dir.mkdir(parents=True)
-    torch.save({"state_dict": state["model"], "spec": state["spec"], "classes": config["classes"],
-                "task": config["task"], "params": state["params"], "epoch": state["epoch"],
-                "metric": state["metric"]}, model_dir / "model.pt")
-    summary = {"best_epoch": state["epoch"], **state["metric"], "classes": config["classes"],
-               "task": config["task"]}
-    (model_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return {"state": state, "summary": summary}
-
-
-def last_history(result) -> list[dict[str, float]]:
-    """Per-epoch records of the whole run (the best checkpoint only knows epochs up to itself)."""
-    import torch
-
-    with result.checkpoint.as_directory() as ckpt_dir:
-        return torch.load(Path(ckpt_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)["history"]
-
-
-def run(params: Params, paths: TrainPaths, *, track: bool = True, run_name: str | None = None,
-        tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """Train, export the best checkpoint, log everything to MLflow. Returns a summary.
-
-    The MLflow run stays open in the driver for the whole fit, so a failure marks it FAILED.
-    """
-    import contextlib
-
-    from stages import tracking
-
-    started = time.perf_counter()
-    mlflow_run = None
-    with contextlib.ExitStack() as stack:
-        if track:
-            import mlflow
-
-            experiment_id = tracking.setup()
-            params_dict = params_to_dict(params)
-            active = stack.enter_context(mlflow.start_run(experiment_id=experiment_id,
-                                                          run_name=run_name or f"train-{params.model.name}"))
-            mlflow.log_params(dict(tracking.flatten({k: params_dict[k] for k in ("seed", "data", "model", "train")})))
-            mlflow.set_tags({"ctxemo.stage": "train", "ctxemo.params_hash": tracking.params_hash(params_dict),
-                             "ctxemo.git_commit": tracking.git_commit() or "unknown", **(tags or {})})
-            mlflow.log_dict(params_dict, "config/params.json")
-            mlflow_run = {"run_id": active.info.run_id, "tracking_uri": tracking.tracking_uri()}
-        cache = frozen_backbone_cache(params, paths)
-        if mlflow_run is not None and cache is not None:
-            mlflow.set_tag("ctxemo.body_cache", cache)
-        result, config = fit(params, paths, mlflow_run=mlflow_run, run_name=run_name, body_cache=cache)
-        if result.error is not None:
-            raise result.error
-        exported = export_best(result, config, paths)
-        history = last_history(result)
-        report_dir = Path(paths.report_dir)
-        report_dir.mkdir(parents=True, exist_ok=True)
-        (report_dir / "history.json").write_text(json.dumps(history, indent=2))
-        summary = {k: v for k, v in exported["summary"].items() if k != "classes"}
-        summary["epochs"] = len(history)
-        if mlflow_run is not None:
-            summary["mlflow_run_id"] = mlflow_run["run_id"]
-            _log_model(exported, paths)
-            (Path(paths.model_dir) / "mlflow_run.json").write_text(json.dumps({"run_id": mlflow_run["run_id"]}))
-    summary["checkpoints_dropped"] = drop_checkpoints(result)
-    summary["seconds"] = round(time.perf_counter() - started, 1)
-    (Path(paths.report_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
-def drop_checkpoints(result) -> int:
-    """Delete a finished run's Ray Train checkpoints; returns how many went.
-
-    The best one is exported to model_dir (and logged to MLflow) by then, and a run that
-    finished is never resumed, so they only fill the storage: up to three per run (the two
-    best and the latest), 735 MB each for the demo model, 25 GB after fifteen ablation runs.
-    A failed run never gets here and keeps its checkpoints to resume from.
-    """
-    checkpoints = {checkpoint.path: checkpoint for checkpoint, _ in (result.best_checkpoints or [])}
-    if result.checkpoint is not None:
-        checkpoints[result.checkpoint.path] = result.checkpoint
-    dropped = 0
-    for checkpoint in checkpoints.values():
-        try:
-            checkpoint.filesystem.delete_dir(checkpoint.path)
-            dropped += 1
-        except OSError as exc:  # best effort: a leftover costs space, never correctness
-            print(f"[train] could not delete {checkpoint.path}: {exc}", flush=True)
-    return dropped
-
-
-def frozen_backbone_cache(params: Params, paths: TrainPaths) -> str | None:
-    """With `train.frozen_backbone`, the folder of backbone maps for train and val (built now,
-    or reused when the backbone, its weights and the manifests are unchanged); else None.
-
-    float32, so the maps the heads train on are the maps the exported model (which runs its
-    backbone, in eval mode, on crops) computes at evaluation and serving.
-    """
-    if not params.train.frozen_backbone:
-        return None
-    from stages import body_cache
-
-    cache = body_cache.run(params, paths, cache_root=paths.body_cache_root, dtype="float32",
-                           log=lambda line: print(f"[train] {line}", flush=True))
-    print(f"[train] frozen backbone: maps in {cache['dir']} (built {cache['built'] or 'nothing'}, "
-          f"reused {cache['reused'] or 'nothing'})", flush=True)
-    return str(cache["dir"])
-
-
-def _log_model(exported: dict[str, Any], paths: TrainPaths) -> None:
-    """Best metrics, the checkpoint folder and a loadable `mlflow.pytorch` model, to the active run."""
-    import mlflow
-    import torch
-
-    from models import model_from_checkpoint
-
-    state = exported["state"]
-    model = model_from_checkpoint(state["spec"], state["model"]).eval()
-    mlflow.log_metrics({f"best_{k}": float(v) for k, v in state["metric"].items()})
-    mlflow.log_metric("best_epoch", state["epoch"])
-    mlflow.log_artifacts(str(paths.model_dir), artifact_path="checkpoint")
-    # pickle, not pt2: torch.export cannot trace the data-dependent object masking, and the
-    # pickled module loads wherever ctxemo is installed (the MLflow model's requirement).
-    mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
-                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ctxemo"])
-
-
-def main(argv: list[str] | None = None) -> int:
-    from pipelines.env import apply_embedded_defaults
-
-    apply_embedded_defaults()
-    try:
-        params = load_params()
-        summary = run(params, TrainPaths(data_root=Path(params.data.root)))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

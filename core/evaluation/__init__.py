@@ -1,0 +1,1 @@
+"""Evaluation: metrics equal to sklearn's, thresholds at precision = recall, the evaluation path, reports."""

@@ -1,0 +1,79 @@
+"""Running the worker over the pending shards: Ray Data actor pool, or a plain in-process loop.
+
+With GPUs every actor gets one; without, one actor per CPU with a single torch thread each, so the
+actors, not torch's thread pool, share the cores (and results match the single-threaded local
+loop bit for bit). The weights travel once through the object store, not once per actor.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+
+from core.features.inputs import ShardPlan
+from core.features.worker import ObjectFeatureWorker
+from core.params import ObjectsConfig
+
+
+def batch_frames(plans: Sequence[ShardPlan], batch_size: int) -> list[pd.DataFrame]:
+    """One frame per map_batches call: Ray Data hands whole small blocks to the actors in turn."""
+    frames = []
+    for plan in plans:
+        for start in range(0, len(plan.frame), batch_size):
+            frames.append(plan.frame.iloc[start:start + batch_size].reset_index(drop=True))
+    return frames
+
+
+def run_local(frames: Sequence[pd.DataFrame], worker_kwargs: dict[str, Any], sink: Callable[[dict], None]) -> None:
+    worker = ObjectFeatureWorker(**worker_kwargs)
+    for frame in frames:
+        sink(worker({col: frame[col].to_numpy() for col in frame.columns}))
+
+
+def run_ray(frames: Sequence[pd.DataFrame], worker_kwargs: dict[str, Any], cfg: ObjectsConfig,
+            sink: Callable[[dict], None]) -> dict[str, Any]:
+    import ray
+
+    from core.ray_utils import cluster_cpus, cluster_gpus
+
+    gpus = cluster_gpus()
+    if gpus:
+        actors, resources = cfg.num_actors or gpus, {"num_gpus": 1}
+        worker_kwargs = {**worker_kwargs, "device": "cuda"}
+    else:
+        # One thread per actor, one actor per CPU: the actors, not torch's thread pool, use the cores.
+        actors, resources = cfg.num_actors or cluster_cpus(), {"num_cpus": 1}
+        worker_kwargs = {**worker_kwargs, "device": "cpu", "torch_threads": 1}
+    actors = max(1, min(actors, len(frames)))
+    if worker_kwargs["state_dict"] is not None:
+        worker_kwargs["state_dict"] = ray.put(worker_kwargs["state_dict"])
+    dataset = ray.data.from_pandas(list(frames))
+    dataset = dataset.map_batches(
+        ObjectFeatureWorker,
+        fn_constructor_kwargs=worker_kwargs,
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        udf_modifying_row_count=True,
+        **resources,
+    )
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        sink(batch)
+    return {"actors": actors, "gpus_per_actor": resources.get("num_gpus", 0)}
+
+
+def compute_shards(plans: Sequence[ShardPlan], worker_kwargs: dict[str, Any], cfg: ObjectsConfig, engine: str,
+                   sink: Callable[[dict], None]) -> dict[str, Any]:
+    """Run `plans` on `engine` ("ray" or "local"), feeding every result batch to `sink`."""
+    execution: dict[str, Any] = {"engine": engine}
+    if not plans:
+        return execution  # nothing to compute: Ray is never started
+    frames = batch_frames(plans, cfg.batch_size)
+    if engine == "ray":
+        from core.ray_utils import ray_session
+
+        with ray_session():
+            execution.update(run_ray(frames, worker_kwargs, cfg, sink))
+    else:
+        run_local(frames, worker_kwargs, sink)
+    return execution

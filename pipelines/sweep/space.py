@@ -1,0 +1,120 @@
+"""The sweep's search space: `tune.space` in params.yaml as Ray Tune domains, checked against Params.
+
+The space maps dotted paths into the existing params (`model.boa.heads`) to one distribution
+each (choice, uniform, loguniform, randint), never a repeated default: the defaults stay in
+their own sections. A path must be a field of the typed params; paths a trial cannot change
+are refused here, before anything runs: the objects stage and the tune section are not rerun
+per trial, and with `tune.frozen_backbone` the cached body maps fix the backbone, the data
+and the seed. `nested` turns sampled dotted values back into params.yaml's shape.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from core.errors import UserError
+from core.params import Params
+
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+# Never searchable: they would change the stored objects, or the cached body maps.
+FIXED_PREFIXES = ("objects.", "tune.")
+CACHE_PATHS = ("model.backbone.", "data.", "seed")   # prefixes; seed: random init of the backbone
+
+
+def field_at(params: Params, dotted: str) -> Any:
+    """The value at `dotted` in the typed params, or UserError naming the first unknown part."""
+    node: Any = params
+    walked = []
+    for key in dotted.split("."):
+        if not dataclasses.is_dataclass(node) or key not in {f.name for f in dataclasses.fields(node)}:
+            where = ".".join(walked) or "params"
+            raise UserError(f"tune.space: {dotted!r} is not a params path ({where} has no {key!r})")
+        node = getattr(node, key)
+        walked.append(key)
+    if dataclasses.is_dataclass(node):
+        raise UserError(f"tune.space: {dotted!r} is a whole section; name one of its keys")
+    return node
+
+
+def _domain(dotted: str, spec: Any):
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise UserError(f"tune.space.{dotted}: expected one of {{{', '.join(DISTRIBUTIONS)}: ...}}, got {spec!r}")
+    (kind, args), = spec.items()
+    if kind not in DISTRIBUTIONS:
+        raise UserError(f"tune.space.{dotted}: unknown distribution {kind!r}; use one of {', '.join(DISTRIBUTIONS)}")
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise UserError(f"tune.space.{dotted}: choice needs a non-empty list")
+        return tune.choice(args)
+    if not (isinstance(args, list) and len(args) == 2 and all(isinstance(v, (int, float)) for v in args)
+            and args[0] < args[1]):
+        raise UserError(f"tune.space.{dotted}: {kind} needs [low, high] with low < high, got {args!r}")
+    if kind == "loguniform" and args[0] <= 0:
+        raise UserError(f"tune.space.{dotted}: loguniform needs low > 0, got {args[0]}")
+    if kind == "randint":
+        return tune.randint(int(args[0]), int(args[1]))
+    return getattr(tune, kind)(float(args[0]), float(args[1]))
+
+
+def build_space(params: Params) -> dict[str, Any]:
+    """`tune.space` as Ray Tune domains, keyed by dotted path; every path checked against Params."""
+    space = params.tune.space
+    if not space:
+        raise UserError("tune.space in params.yaml is empty: nothing to search")
+    domains = {}
+    for dotted, spec in space.items():
+        if dotted == "train.epochs":
+            raise UserError("tune.space: 'train.epochs' cannot be searched: a trial's epochs are tune.max_epochs "
+                            "and ASHA decides how many of them it gets")
+        if dotted.startswith(FIXED_PREFIXES):
+            raise UserError(f"tune.space: {dotted!r} cannot be searched by a sweep (the objects stage and the "
+                            "tune section are not rerun per trial); search N with model.boa.max_objects")
+        if params.tune.frozen_backbone and dotted.startswith(CACHE_PATHS):
+            raise UserError(f"tune.space: {dotted!r} changes the cached body maps; it cannot be searched with "
+                            "tune.frozen_backbone: true")
+        field_at(params, dotted)
+        domains[dotted] = _domain(dotted, spec)
+    return domains
+
+
+def check_object_prefix(params: Params, objects_dir: Path) -> None:
+    """N values beyond the stored top-N would all read the same objects: refuse them."""
+    meta_path = Path(objects_dir) / "train" / "meta.json"
+    spec = params.tune.space.get("model.boa.max_objects")
+    if spec is None or not meta_path.is_file():
+        return
+    stored = int(json.loads(meta_path.read_text())["top_n"])
+    values = next(iter(spec.values())) if isinstance(spec, dict) else []
+    too_big = [v for v in (values if isinstance(values, list) else []) if v is not None and v > stored]
+    if too_big:
+        raise UserError(f"tune.space.model.boa.max_objects offers {too_big} but the objects stage stored only "
+                        f"{stored} per person (objects.top_n): raise objects.top_n and rerun it, or lower N")
+
+
+def nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """{'model.boa.heads': 8} -> {'model': {'boa': {'heads': 8}}}."""
+    out: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return out
+
+
+def native(value: Any, like: Any) -> Any:
+    """Plain Python value (YAML/JSON-safe), of the type the params default has."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(like, bool) or isinstance(value, bool):
+        return bool(value)
+    if isinstance(like, int) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    return value
