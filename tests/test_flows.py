@@ -27,6 +27,7 @@ import yaml
 from support import REPO  # noqa: E402
 
 from core import faults
+from core.data.ingest import ingest_metrics
 from core.errors import UserError
 from core.workspace import Workspace
 from pipelines import flows, registry
@@ -74,7 +75,8 @@ def workspace(tiny_workspace, tmp_path_factory) -> Path:
         shutil.copytree(REPO / code, ws / code, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", ws / "dvc.yaml")
     (ws / "reports").mkdir()
-    shutil.copy(ws / "data/manifest/summary.json", ws / "reports/ingest.json")
+    summary = json.loads((ws / "data/manifest/summary.json").read_text())
+    (ws / "reports/ingest.json").write_text(json.dumps(ingest_metrics(summary)))
     params = json.loads(json.dumps(tiny_workspace.params_dict))
     params["data"]["root"] = params["synth"]["out"] = "raw"
     params["train"]["epochs"] = 1
