@@ -49,11 +49,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from core.env import EMBEDDED_DEFAULTS, apply_embedded_defaults
+from core import env
 from core.faults import fault_point
 from core.workspace import Workspace
-
-apply_embedded_defaults()
 
 # Settings the stage subprocesses must share with the flow run. Secrets are never forwarded.
 FORWARDED_PREFIXES = ("MLFLOW_", "CTXEMO_", "DVC_", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
@@ -83,13 +81,13 @@ class StepFailed(RuntimeError):
 
 
 def ray_task_runner():
-    """RayTaskRunner joining RAY_ADDRESS, else starting a local Ray like stages.ray_utils does."""
+    """RayTaskRunner joining RAY_ADDRESS, else starting a local Ray like core/ray_utils.py does."""
     from prefect_ray import RayTaskRunner
 
     from core.ray_utils import default_object_store_bytes, quiet_ray_env
 
     quiet_ray_env()
-    address = os.environ.get("RAY_ADDRESS")
+    address = env.ray_address()
     if address:
         return RayTaskRunner(address=address)  # ray.init refuses resource arguments for an existing cluster
     return RayTaskRunner(init_kwargs={"include_dashboard": False,
@@ -104,17 +102,18 @@ def forwarded_environment(workspace: Path) -> dict[str, str]:
     """
     from core import tracking
 
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES) and not SENSITIVE_ENV_NAME.search(k)}
-    env["MLFLOW_TRACKING_URI"] = tracking.tracking_uri(workspace)
-    if "CTXEMO_MLFLOW_ARTIFACT_ROOT" not in env:
+    forwarded = {k: v for k, v in env.current().items()
+                 if k.startswith(FORWARDED_PREFIXES) and not SENSITIVE_ENV_NAME.search(k)}
+    forwarded["MLFLOW_TRACKING_URI"] = tracking.tracking_uri(workspace)
+    if "CTXEMO_MLFLOW_ARTIFACT_ROOT" not in forwarded:
         # Resolved here, where the embedded default (the workspace's mlartifacts/) is known: with an
         # explicit tracking URI the subprocesses would otherwise leave artifacts to MLflow's default.
         root = tracking.artifact_location(workspace)
         if root is not None:
-            env["CTXEMO_MLFLOW_ARTIFACT_ROOT"] = root
-    for key, value in EMBEDDED_DEFAULTS.items():
-        env.setdefault(key, value)
-    return env
+            forwarded["CTXEMO_MLFLOW_ARTIFACT_ROOT"] = root
+    for key, value in env.EMBEDDED_DEFAULTS.items():
+        forwarded.setdefault(key, value)
+    return forwarded
 
 
 def _step_fault_point() -> None:
@@ -134,24 +133,23 @@ def _ray_task_id() -> str | None:
 
 
 def _subprocess_env(forwarded: dict[str, str]) -> dict[str, str]:
-    env = {**os.environ, **forwarded}
     # dvc.yaml runs `python -m stages.X`: that must be this interpreter.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    if "RAY_ADDRESS" not in env:
+    child = env.with_path_first(Path(sys.executable).parent, {**env.current(), **forwarded})
+    if "RAY_ADDRESS" not in child:
         import ray
 
         if ray.is_initialized():  # inside a Ray task: the stages join this cluster instead of starting one
-            env["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
-    return env
+            child["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    return child
 
 
-def run_command(command: list[str], cwd: Path, env: dict[str, str], timeout_seconds: float, logger) -> float:
+def run_command(command: list[str], cwd: Path, environment: dict[str, str], timeout_seconds: float, logger) -> float:
     """Run `command`, streaming its output to `logger`; StepFailed with the output tail on failure."""
     started = time.perf_counter()
     tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
     shown = " ".join(command[2:] if command[:2] == [sys.executable, "-m"] else command)
     logger.info(f"$ {shown}  (in {cwd})")
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    process = subprocess.Popen(command, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, errors="replace", start_new_session=True)
     timed_out = threading.Event()
 
@@ -251,20 +249,18 @@ def ablation_step(base_params: dict[str, Any], variant: str, seed: int, out_root
 
 
 @contextlib.contextmanager
-def _inside(workspace: Path, env: dict[str, str]) -> Iterator[None]:
+def _inside(workspace: Path, variables: dict[str, str]) -> Iterator[None]:
     """cwd and environment of a stage run, for code that resolves paths and settings from them.
 
     Process-wide, which is safe here: a Ray worker runs one task at a time.
     """
-    previous_cwd, previous_env = Path.cwd(), dict(os.environ)
+    previous_cwd = Path.cwd()
     os.chdir(workspace)
-    os.environ.update(env)
     try:
-        yield
+        with env.temporarily(variables):
+            yield
     finally:
         os.chdir(previous_cwd)
-        os.environ.clear()
-        os.environ.update(previous_env)
 
 
 def _step(base, name: str, retry_backoff_seconds: float):
@@ -316,6 +312,7 @@ def retrain(workspace: str = ".", pull: bool = False, push: bool = False, promot
     """
     from core.params import load_params
 
+    env.apply_embedded_defaults()  # telemetry off for what this run starts (the CLI did it already)
     logger = get_run_logger()
     ws = Path(workspace).resolve()
     params = load_params(Workspace.at(ws).params_file)
@@ -358,6 +355,7 @@ def ablations(workspace: str = ".", variants: list[str] | None = None, seeds: li
     from core.params import read_yaml
     from pipelines import ablation
 
+    env.apply_embedded_defaults()
     ws = Path(workspace).resolve()
     variants = ablation.check_variants(variants or ablation.VARIANTS)
     base = ablation.with_backbone_mode(read_yaml(ws / params_file), frozen_backbone)
