@@ -305,3 +305,19 @@ def test_resume_without_a_previous_sweep_is_a_clear_error(tiny_workspace, tmp_pa
     paths = type(paths)(**{**paths.__dict__, "ray_storage": tmp_path / "empty"})
     with pytest.raises(UserError, match="nothing to resume"):
         sweep.run(tiny_workspace.params_dict, paths, resume=True)
+
+
+def test_the_paper_column_reads_configs_paper_emotic_yaml(tmp_path):
+    from support import REPO
+
+    from pipelines.sweep.reports import paper_values
+
+    paths = ["model.boa.heads", "model.eld.p", "model.boa.max_objects", "train.lr", "model.boa.geometry_dim"]
+    paper = yaml.safe_load((REPO / "configs" / "paper-emotic.yaml").read_text())
+    expected = {"model.boa.heads": paper["model"]["boa"]["heads"], "model.eld.p": paper["model"]["eld"]["p"],
+                "model.boa.max_objects": paper["objects"]["top_n"], "train.lr": paper["train"]["lr"]}
+    assert paper_values(paths) == expected == {"model.boa.heads": 16, "model.eld.p": 0.2,
+                                               "model.boa.max_objects": 50, "train.lr": 0.01}
+    other = tmp_path / "other.yaml"
+    other.write_text("model: {boa: {heads: 4, max_objects: 7}}\n")
+    assert paper_values(paths, other) == {"model.boa.heads": 4, "model.boa.max_objects": 7}

@@ -18,19 +18,23 @@ from pipelines.sweep.callbacks import first_line
 from pipelines.sweep.space import field_at, native, nested
 from pipelines.sweep.trial import METRIC, MODE
 
-PAPER_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "paper-emotic.yaml"
+PAPER_CONFIG_NAME = Path("configs") / "paper-emotic.yaml"
+# The workspace's copy first (a sweep runs in the workspace, also where ctxemo is installed from a
+# wheel, as in the container image), then the one beside this source tree.
+PAPER_CONFIGS = (PAPER_CONFIG_NAME, Path(__file__).resolve().parents[2] / PAPER_CONFIG_NAME)
 # The paper config leaves model.boa.max_objects null: every stored object is read, so N is objects.top_n.
 NULL_MEANS = {"model.boa.max_objects": "objects.top_n"}
 
 
-def paper_values(space_paths: Iterable[str], config: Path = PAPER_CONFIG) -> dict[str, Any]:
+def paper_values(space_paths: Iterable[str], config: Path | None = None) -> dict[str, Any]:
     """The paper's setting of each searched path that the paper config (a params override file) sets.
 
-    Without the file (an install that left configs/ behind) the reports show no paper values.
+    Without the file (neither the workspace nor the install has configs/) the reports show no paper values.
     """
     import yaml
 
-    if not Path(config).is_file():
+    config = config or next((path for path in PAPER_CONFIGS if path.is_file()), None)
+    if config is None or not Path(config).is_file():
         return {}
     overrides = yaml.safe_load(Path(config).read_text()) or {}
     values = {}
