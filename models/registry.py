@@ -5,8 +5,9 @@ imported; `models/factory.py` imports the families and builds them. This module 
 model (the register/factory split timm uses), so a model module can import it without a cycle.
 
 A builder takes `(cfg, *, num_classes, task, cooccurrence, label_embeddings, load_pretrained)`
-and returns an nn.Module that carries `config` (its ModelConfig), `num_classes`, `task` and
-`embedding_dim` (d_z of the label embeddings it holds, None if it holds none).
+and returns an nn.Module that carries `config` (its ModelConfig), `num_classes`, `task`,
+`embedding_dim` (d_z of the label embeddings it holds, None if it holds none) and `views`, the
+names of the input views it reads (core/data/views.py lists them).
 """
 from __future__ import annotations
 

@@ -57,6 +57,9 @@ class ModelOutput(NamedTuple):
 
 
 class RelationalRegionLevelNet(nn.Module):
+    # The input views it reads (core/data/views.py names them): the person crop and the stored objects.
+    views = ("body", "objects")
+
     def __init__(
         self,
         cfg: ModelConfig,

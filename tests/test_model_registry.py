@@ -56,6 +56,14 @@ def test_the_registry_holds_the_flagship():
     assert "rrla" in available_models()
 
 
+@pytest.mark.parametrize("name", available_models())
+def test_every_registered_model_declares_known_views(name):
+    from core.data.views import VIEWS
+
+    model = build_from_params(name, 26, "multilabel")
+    assert model.views and set(model.views) <= set(VIEWS), model.views
+
+
 @pytest.mark.parametrize("task,num_classes", TASKS)
 @pytest.mark.parametrize("name", available_models())
 def test_every_registered_model_builds_trains_and_round_trips(name, task, num_classes):
