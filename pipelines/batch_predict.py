@@ -7,7 +7,7 @@
 
 Images are spread over a Ray Data actor pool (one CPU per actor; the model is loaded once by the
 driver and shared through the object store); each actor runs `pipelines.predict.Predictor`, so a row holds exactly what `ctxemo predict` prints for that
-person. S3 locations go through `stages.settings` (endpoint, region; credentials from the AWS
+person. S3 locations go through `core.storage` (endpoint, region; credentials from the AWS
 chain on every node). `--boxes` is a CSV `image,x1,y1,x2,y2` (image relative to SRC, one row per
 person); images it does not list get people detection.
 

@@ -23,7 +23,7 @@ CPUs/GPUs (the stage subprocesses join the same cluster, training through Ray Tr
 starving the trainers. Stage subprocesses run `python -m dvc` with this interpreter, the
 workspace as cwd and the venv's bin first on PATH (dvc.yaml says `python -m stages.X`); they get
 the flow's MLflow/S3/DVC settings (never a secret: credentials come from each node's own
-environment, as stages/settings.py explains).
+environment, as core/storage.py explains).
 
 Every task starts at the fault point `flow.step` (step name, attempt; core/faults.py), where drills
 and tests inject failures from outside: a plan fault {"point": "flow.step", "when": {"step":

@@ -48,7 +48,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 class LoadedModel:
     """A model package plus where it came from and the record of its object features."""
 
-    package: Any                          # stages.inference.ModelPackage
+    package: Any                          # core.inference.ModelPackage
     source: str
     objects_meta: dict[str, Any] | None   # the objects stage's meta.json the model was trained on
     run_id: str | None = None

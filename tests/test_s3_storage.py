@@ -265,7 +265,7 @@ def _check_resume_from_s3(tmp_path: Path) -> None:
 
     from core.storage import StorageSettings
 
-    # Built from the environment, exactly as stages/train.py's fit() does.
+    # Built from the environment, exactly as core/training/trainer.py's fit() does.
     settings = StorageSettings.from_env()
     storage = settings.ray_run_storage(tmp_path / "unused-local-results")
     assert storage["storage_path"] == f"{settings.bucket}/{settings.prefix}/ray"
