@@ -10,14 +10,15 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "ModelConfig": "models.config",
+    "RRLAConfig": "models.config",
     "build_loss": "models.losses",
+    "build_criterion": "models.factory",
     "available_models": "models.factory",
     "build_model": "models.factory",
     "model_from_checkpoint": "models.factory",
     "model_spec": "models.factory",
     "register_model": "models.registry",
-    "ModelOutput": "models.rrla",
+    "ModelOutput": "models.output",
     "RelationalRegionLevelNet": "models.rrla",
 }
 

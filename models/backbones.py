@@ -12,7 +12,8 @@ Weights, in order of precedence:
 2. `cfg.pretrained: true`: the ImageNet weight enum below, from the torch hub cache
    (`$TORCH_HOME/hub/checkpoints/`), downloaded there when the network allows it.
    Offline with an empty cache this raises `PretrainedWeightsUnavailable`, which names the
-   enum, the cache path it looked in and the `model.backbone.weights` param.
+   enum, the cache path it looked in and the `weights` param of the section it was built from
+   (`section`, e.g. model.rrla.backbone or model.kosti.context_backbone).
 3. Otherwise random initialisation (the offline demo).
 """
 from __future__ import annotations
@@ -84,10 +85,10 @@ def backbone_out_channels(name: str) -> int:
     return _spec_of(name).out_channels
 
 
-def _spec_of(name: str) -> _BackboneSpec:
+def _spec_of(name: str, section: str = "backbone") -> _BackboneSpec:
     if name not in _BACKBONES:
         raise ConfigError(
-            f"model.backbone.name: unknown backbone {name!r}; available: {sorted(_BACKBONES)}"
+            f"{section}.name: unknown backbone {name!r}; available: {sorted(_BACKBONES)}"
         )
     return _BACKBONES[name]
 
@@ -102,36 +103,36 @@ def _enum_name(weights: torchvision.models.WeightsEnum) -> str:
     return f"torchvision.models.{type(weights).__name__}.{weights.name}"
 
 
-def _load_enum_state_dict(weights: torchvision.models.WeightsEnum) -> dict[str, torch.Tensor]:
+def _load_enum_state_dict(weights: torchvision.models.WeightsEnum, section: str) -> dict[str, torch.Tensor]:
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
     except (urllib.error.URLError, OSError, RuntimeError) as exc:
         cache = enum_cache_path(weights)
         raise PretrainedWeightsUnavailable(
-            f"model.backbone.pretrained is true but the ImageNet weights {_enum_name(weights)} "
+            f"{section}.pretrained is true but the ImageNet weights {_enum_name(weights)} "
             f"could not be loaded ({type(exc).__name__}: {exc}). Offline, put the file "
             f"{os.path.basename(cache)} (from {weights.url}) at {cache}, or set "
-            f"model.backbone.weights to a local state_dict file, or set "
-            f"model.backbone.pretrained: false."
+            f"{section}.weights to a local state_dict file, or set "
+            f"{section}.pretrained: false."
         ) from exc
 
 
-def _load_local_state_dict(path: str) -> dict[str, torch.Tensor]:
+def _load_local_state_dict(path: str, section: str) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise PretrainedWeightsUnavailable(
-            f"model.backbone.weights: file not found: {os.path.abspath(path)}"
+            f"{section}.weights: file not found: {os.path.abspath(path)}"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or non-tensor pickle: say which file
         raise PretrainedWeightsUnavailable(
-            f"model.backbone.weights: cannot read {path} as a state_dict ({type(exc).__name__}: {exc})"
+            f"{section}.weights: cannot read {path} as a state_dict ({type(exc).__name__}: {exc})"
         ) from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise PretrainedWeightsUnavailable(
-            f"model.backbone.weights: {path} holds a {type(state).__name__}, expected a state_dict"
+            f"{section}.weights: {path} holds a {type(state).__name__}, expected a state_dict"
         )
     return state
 
@@ -149,16 +150,18 @@ class Backbone(nn.Module):
         return self.trunk(images)
 
 
-def build_backbone(cfg: BackboneConfig, *, load_weights: bool = True) -> Backbone:
+def build_backbone(cfg: BackboneConfig, *, load_weights: bool = True, section: str = "model.rrla.backbone"
+                   ) -> Backbone:
     """Build the trunk named by `cfg.name`; `load_weights=False` skips any weight loading
-    (used when a checkpoint's state_dict is about to overwrite every tensor anyway)."""
-    spec = _spec_of(cfg.name)
+    (used when a checkpoint's state_dict is about to overwrite every tensor anyway). `section`
+    is where `cfg` sits in params.yaml, for the error messages."""
+    spec = _spec_of(cfg.name, section)
     net = spec.constructor(weights=None)
     if load_weights and (cfg.weights or cfg.pretrained):
         if cfg.weights:
-            state, source = _load_local_state_dict(cfg.weights), cfg.weights
+            state, source = _load_local_state_dict(cfg.weights, section), cfg.weights
         else:
-            state, source = _load_enum_state_dict(spec.weights_enum), _enum_name(spec.weights_enum)
+            state, source = _load_enum_state_dict(spec.weights_enum, section), _enum_name(spec.weights_enum)
         missing, unexpected = net.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise PretrainedWeightsUnavailable(

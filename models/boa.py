@@ -12,7 +12,7 @@ For every head k = 1..h and object m (of the N stored objects, padded ones maske
 
 E is the sin/cos embedding of Relation Networks (Hu et al., 2018): each of the 4 relative
 coordinates is scaled by 100 and divided by wavelength^(8i/D), i = 0..D/8-1 (wavelength
-1000, D = `model.boa.geometry_dim`), and sin and cos of all of them are concatenated (D values).
+1000, D = `model.rrla.boa.geometry_dim`), and sin and cos of all of them are concatenated (D values).
 The ratios inside the logs are clamped at 1e-3 (so an object sharing the person's corner
 gives log(1e-3), not -inf) and box sides at 1e-3 pixels (a degenerate person box must not
 divide by zero).
@@ -65,7 +65,7 @@ def geometry_embedding(
 ) -> torch.Tensor:
     """E(g): [..., 4] -> [..., dim] sin/cos features (dim a multiple of 8)."""
     if dim % 8 != 0 or dim <= 0:
-        raise ConfigError(f"model.boa.geometry_dim must be a positive multiple of 8, got {dim}")
+        raise ConfigError(f"model.rrla.boa.geometry_dim must be a positive multiple of 8, got {dim}")
     num_freqs = dim // 8
     exponents = torch.arange(num_freqs, dtype=geometry.dtype, device=geometry.device) * (8.0 / dim)
     wavelengths = wavelength**exponents
@@ -106,7 +106,7 @@ class BodyObjectAttention(nn.Module):
     ) -> None:
         super().__init__()
         if heads < 1 or dim < 1:
-            raise ConfigError(f"model.boa.heads and model.boa.dim must be >= 1, got {heads}, {dim}")
+            raise ConfigError(f"model.rrla.boa.heads and model.rrla.boa.dim must be >= 1, got {heads}, {dim}")
         self.heads, self.dim, self.feature_dim = heads, dim, feature_dim
         self.geometry_dim = geometry_dim
         self.object_key = nn.Linear(feature_dim, heads * dim)  # W1

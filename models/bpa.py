@@ -6,7 +6,7 @@ channels of the body feature map. We read those sizes as a squeeze-and-excitatio
 32 -> 512 (sigmoid), then scale each channel of the map by its gate. The excitation width
 always equals the map's channel count C (512 for ResNet-18, 2048 for ResNet-50, 1280 for
 MobileNetV2) so that every channel gets a gate; the bottleneck width is the parameter
-`model.bpa.hidden` (default 32, the paper's number), kept absolute rather than as a ratio so
+`model.rrla.bpa.hidden` (default 32, the paper's number), kept absolute rather than as a ratio so
 that "32" means the same thing whatever the backbone (on ResNet-50 it is reduction 64).
 
 Channels are where the body parts live in a late CNN map (part detectors), hence the name;
@@ -26,7 +26,7 @@ class BodyPartAttention(nn.Module):
     def __init__(self, channels: int, hidden: int) -> None:
         super().__init__()
         if hidden < 1:
-            raise ConfigError(f"model.bpa.hidden must be >= 1, got {hidden}")
+            raise ConfigError(f"model.rrla.bpa.hidden must be >= 1, got {hidden}")
         self.squeeze = nn.Linear(channels, hidden)
         self.excite = nn.Linear(hidden, channels)
 

@@ -9,6 +9,7 @@ the exact same object. Pure Python: no file I/O here; core/params.py reads the Y
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import types
 import typing
 from dataclasses import dataclass
@@ -56,6 +57,11 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
         sub = f"{path}.{f.name}" if path else f.name
         if _is_dataclass_type(tp):
             value = from_dict(tp, value, sub)
+        elif typing.get_origin(tp) is dict and _is_dataclass_type(typing.get_args(tp)[1]):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{sub}: expected a mapping, got {type(value).__name__}")
+            item_type = typing.get_args(tp)[1]
+            value = {key: from_dict(item_type, item, f"{sub}.{key}") for key, item in value.items()}
         elif typing.get_origin(tp) is tuple and isinstance(value, list):
             value = tuple(value)
         kwargs[f.name] = value
@@ -86,7 +92,69 @@ def replace_path(cfg: T, dotted: str, value: Any) -> T:
     return dataclasses.replace(cfg, **{head: value})
 
 
+# --- input views ----------------------------------------------------------------------
+
+# Named normalisations of pixel values in [0, 1]: (mean, std) per channel.
+NORMALISATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision's pretrained backbones
+    "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),                  # values stay in [0, 1]
+    "symmetric": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),             # values in [-1, 1] (SIB-Net)
+}
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """One input view as params.yaml gives it: `{size: 128, norm: imagenet}`."""
+
+    size: int  # side of the square the view is resized to
+    norm: str  # a key of NORMALISATIONS
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """How the loader turns a pixel view into a tensor (core/data/views.py builds the pixels)."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    grid: int | None = None  # patches only: N of the N x N grid
+
+
+def view_spec(name: str, cfg: ViewConfig, *, grid: int | None = None) -> ViewSpec:
+    """The loader's spec of view `name` from its params (`grid`: the patches view's N)."""
+    if cfg.norm not in NORMALISATIONS:
+        raise ConfigError(f"view {name!r}: norm must be one of {sorted(NORMALISATIONS)}, got {cfg.norm!r}")
+    if cfg.size < 8:
+        raise ConfigError(f"view {name!r}: size must be at least 8 pixels, got {cfg.size}")
+    mean, std = NORMALISATIONS[cfg.norm]
+    return ViewSpec(size=int(cfg.size), mean=mean, std=std, grid=grid)
+
+
+def view_specs(views: dict[str, ViewConfig], wanted: tuple[str, ...], *, section: str,
+               grid: int | None = None) -> dict[str, ViewSpec]:
+    """The specs of the pixel views in `wanted` (`objects` has none), each required in `views`."""
+    missing = [name for name in wanted if name != "objects" and name not in views]
+    if missing:
+        raise ConfigError(f"{section}.views: no size/norm for view(s) {missing} the model reads")
+    return {name: view_spec(name, views[name], grid=grid if name == "patches" else None)
+            for name in wanted if name != "objects"}
+
+
+def check_views(views: Any, required: tuple[str, ...], section: str) -> None:
+    """A family's `views` params: exactly the views it may read, each with a known norm."""
+    if not isinstance(views, dict):
+        raise ConfigError(f"{section}.views: expected a mapping, got {type(views).__name__}")
+    unknown = sorted(set(views) - set(required))
+    if unknown:
+        raise ConfigError(f"{section}.views: unknown view(s) {unknown}; this model reads {list(required)}")
+    view_specs(views, required, section=section)
+
+
 # --- the model section of params.yaml -------------------------------------------------
+#
+# `model.name` picks the model; `model.<name>` holds that family's config. Each family's
+# config dataclass lives beside its network (models/kosti.py, models/caernet.py); the
+# flagship's is here because its parts (backbones, BPA, BOA, ELD) share these classes.
 
 
 @dataclass(frozen=True)
@@ -94,7 +162,6 @@ class BackboneConfig:
     name: str  # resnet50 (paper) | resnet18 | mobilenet_v2
     pretrained: bool  # ImageNet weights via torchvision enums (or `weights`)
     weights: str | None  # local state_dict file; wins over the enum
-    input_size: int  # square body crop side in pixels (paper 224)
 
 
 @dataclass(frozen=True)
@@ -123,9 +190,97 @@ class ELDConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    name: str
+class RRLAConfig:
+    """`model.rrla`: the flagship (models/rrla.py)."""
+
+    person_view: str  # auto (face on single-label data, as the paper on CAER-S; else body) | body | face
+    views: dict[str, ViewConfig]  # body and face: size and normalisation of the person crop
     backbone: BackboneConfig
     bpa: BPAConfig
     boa: BOAConfig
     eld: ELDConfig
+    train: dict[str, Any]  # train.* values this model trains with instead of the train section's
+
+    def __post_init__(self) -> None:
+        # both person views, whichever the data set makes it read (person_view: auto)
+        check_views(self.views, ("body", "face"), "model.rrla")
+
+
+@dataclass(frozen=True)
+class KostiLossConfig:
+    """`model.kosti.loss`: L = discrete_weight * L_disc + continuous_weight * L_cont (EMOTIC only)."""
+
+    discrete_weights: str  # "dynamic" (per batch, as in the paper) | "static" (train-split label frequencies)
+    c: float  # w_j = 1 / ln(c + p_j); c > 1 (paper 1.2)
+    continuous: str  # "smooth_l1" | "margin_l2"
+    margin: float  # smooth_l1: the L1/L2 switch point (beta); margin_l2: errors below it cost 0 (theta)
+    discrete_weight: float
+    continuous_weight: float
+
+
+@dataclass(frozen=True)
+class KostiConfig:
+    """`model.kosti`: the two-stream baseline."""
+
+    views: dict[str, ViewConfig]  # body (public code 128) and image (224): size, norm
+    body_backbone: BackboneConfig  # ResNet-18 in the public code
+    context_backbone: BackboneConfig  # ResNet-18 (Places365 weights) in the public code
+    fusion_dim: int  # 256 in the public code
+    dropout: float  # after the fusion layer (public code 0.5)
+    loss: KostiLossConfig
+    train: dict[str, Any]  # train.* overrides for this model (batch_size 52 etc.); not read by the model
+
+    def __post_init__(self) -> None:
+        check_views(self.views, ("body", "image"), "model.kosti")
+
+
+CAERNET_SECTION = "model.caernet"
+CAERNET_VIEWS = ("face", "image_face_masked")
+CAERNET_ENCODER_DEPTH = 5  # conv layers per encoder (the paper's); the first four are followed by pooling
+CAERNET_MIN_INPUT = 2 ** (CAERNET_ENCODER_DEPTH - 1)  # four 2x2 poolings leave at least one pixel
+
+
+@dataclass(frozen=True)
+class CAERNetConfig:
+    """`model.caernet` (validated on construction: a bad value is a ConfigError naming its key)."""
+
+    views: dict[str, ViewConfig]  # face (paper static model 224; video 96) and image_face_masked (224)
+    channels: tuple[int, ...]  # the encoders' conv widths, paper (32, 64, 128, 256, 256)
+    attention_hidden: int  # the attention inference module's first conv width (paper 128)
+    fusion_hidden: int  # g_D / g_E hidden width (paper 128)
+    classifier_hidden: int  # the classifier's hidden width (paper 128)
+    dropout: float  # in the classifier (paper 0.5)
+    train: dict[str, Any]  # train.* values this model trains with (paper: SGD lr 5e-3, batch 32)
+
+    def __post_init__(self) -> None:
+        _validate_caernet(self)
+
+
+def _validate_caernet(cfg: CAERNetConfig) -> None:
+    if not isinstance(cfg.views, dict):
+        raise ConfigError(f"{CAERNET_SECTION}.views: expected a mapping, got {type(cfg.views).__name__}")
+    unknown = sorted(set(cfg.views) - set(CAERNET_VIEWS))
+    if unknown:
+        raise ConfigError(f"{CAERNET_SECTION}.views: unknown view(s) {unknown}; this model reads {list(CAERNET_VIEWS)}")
+    view_specs(cfg.views, CAERNET_VIEWS, section=CAERNET_SECTION)  # both present, known norms
+    for name in CAERNET_VIEWS:
+        if cfg.views[name].size < CAERNET_MIN_INPUT:
+            raise ConfigError(f"{CAERNET_SECTION}.views.{name}.size must be at least {CAERNET_MIN_INPUT} (four 2x2 "
+                              f"poolings), got {cfg.views[name].size}")
+    channels = cfg.channels
+    if (not isinstance(channels, (tuple, list)) or len(channels) != CAERNET_ENCODER_DEPTH
+            or not all(_positive_int(c) for c in channels)):
+        raise ConfigError(f"{CAERNET_SECTION}.channels must be {CAERNET_ENCODER_DEPTH} positive ints (the paper's depth: "
+                          f"32, 64, 128, 256, 256), got {channels!r}")
+    for key in ("attention_hidden", "fusion_hidden", "classifier_hidden"):
+        if not _positive_int(getattr(cfg, key)):
+            raise ConfigError(f"{CAERNET_SECTION}.{key} must be a positive int, got {getattr(cfg, key)!r}")
+    dropout = cfg.dropout
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"{CAERNET_SECTION}.dropout must be a number in [0, 1), got {dropout!r}")
+    if not isinstance(cfg.train, dict):
+        raise ConfigError(f"{CAERNET_SECTION}.train: expected a mapping, got {type(cfg.train).__name__}")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0

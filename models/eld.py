@@ -20,7 +20,7 @@ Reading of the equations:
 - As in ML-GCN (Chen et al., 2019), on which ELD is built, the activation sits between the
   two layers only, and the GCN weights have no bias: ŷ = H^(2) F is a pure dot product.
 
-The 1/sqrt(feature_dim) temperature (`model.eld.scaled`, default on) is ours, not the
+The 1/sqrt(feature_dim) temperature (`model.rrla.eld.scaled`, default on) is ours, not the
 paper's: ŷ is a product of two learned 4096-d vectors, and at a standard initialisation its
 scale (|H^(2)_c| ~ 8, |F| ~ 20) makes the first SGD steps at the paper's lr 0.01 diverge when
 the backbone trains from scratch (the loss went 7.6 -> 1900 in 8 steps on the demo data; with
@@ -68,7 +68,7 @@ def binary_adjacency(cooccurrence: torch.Tensor, t: float) -> torch.Tensor:
 def reweighted_adjacency(cooccurrence: torch.Tensor, t: float, p: float) -> torch.Tensor:
     """Eq. 7: A^r from P, t and p (rows with no neighbour: 1 on the diagonal)."""
     if not 0.0 <= p <= 1.0:
-        raise ConfigError(f"model.eld.p must lie in [0, 1], got {p}")
+        raise ConfigError(f"model.rrla.eld.p must lie in [0, 1], got {p}")
     adjacency = binary_adjacency(cooccurrence, t)
     neighbours = adjacency.sum(dim=1, keepdim=True)
     off_diagonal = p * adjacency / neighbours.clamp(min=1.0)
@@ -116,7 +116,7 @@ class EmotionLabelDependency(nn.Module):
                 f"got {tuple(embeddings.shape)}"
             )
         if hidden < 1:
-            raise ConfigError(f"model.eld.hidden must be >= 1, got {hidden}")
+            raise ConfigError(f"model.rrla.eld.hidden must be >= 1, got {hidden}")
         self.register_buffer("cooccurrence", cooc)
         self.register_buffer("label_embeddings", embeddings)
         self.register_buffer("adjacency", eld_adjacency(cooc, t, p))

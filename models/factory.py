@@ -1,9 +1,10 @@
 """The one factory and the checkpoint spec.
 
-`params.yaml: model.name` picks a builder registered with `@register_model(name)`
-(models/registry.py); this module imports every built-in model family so that their
-builders are registered before `build_model` looks one up. A built model carries `config`,
-`num_classes`, `task` and `embedding_dim`: that is all `model_spec` needs to rebuild it.
+`params.yaml: model.name` picks a family registered with `@register_model(name, config=...)`
+(models/registry.py) and `model.<name>` is its config; this module imports every built-in
+family so that they are registered before `build_model` looks one up. A built model carries
+`family`, `config`, `num_classes`, `task` and `embedding_dim`: that is all `model_spec` needs
+to rebuild it.
 
 A checkpoint stores `model_spec(model)` (a JSON-able dict) next to `model.state_dict()`;
 `model_from_checkpoint(spec, state_dict)` rebuilds the same network without reading any
@@ -18,12 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import rrla  # noqa: F401  (a built-in model family: importing it registers "rrla")
-from models.config import ConfigError, ModelConfig, from_dict, to_dict
-from models.registry import model_builder, registered_models
+# the built-in model families: importing one registers it
+from models import caernet, kosti, rrla  # noqa: F401
+from models.config import ConfigError, to_dict
+from models.losses import LogitsCriterion, build_loss
+from models.registry import family_config, model_family, registered_models
 
 TASKS = ("multilabel", "multiclass")
-SPEC_FORMAT = "ctxemo.model_spec/1"
+SPEC_FORMAT = "ctxemo.model_spec/2"
 
 
 def available_models() -> tuple[str, ...]:
@@ -31,7 +34,8 @@ def available_models() -> tuple[str, ...]:
 
 
 def build_model(
-    cfg: ModelConfig,
+    name: str,
+    cfg: Any,
     *,
     num_classes: int,
     task: str,
@@ -39,17 +43,18 @@ def build_model(
     label_embeddings: np.ndarray | torch.Tensor | None = None,
     load_pretrained: bool = True,
 ) -> nn.Module:
-    """Build the network `cfg.name` for `num_classes` classes.
+    """Build the network of family `name` with config `cfg` (typed, or the `model.<name>` dict).
 
     task: "multilabel" (EMOTIC) or "multiclass" (CAER-S). `load_pretrained=False` skips the
     backbone's pretrained weights (model_from_checkpoint uses it; training leaves it True).
     """
-    builder = model_builder(cfg.name)
+    family = model_family(name)
+    cfg = family_config(name, cfg)
     if task not in TASKS:
         raise ConfigError(f"task must be one of {TASKS}, got {task!r}")
     if num_classes < 1 or (task == "multiclass" and num_classes < 2):
         raise ConfigError(f"num_classes={num_classes} is too small for a {task} model")
-    return builder(
+    model = family.builder(
         cfg,
         num_classes=num_classes,
         task=task,
@@ -57,6 +62,21 @@ def build_model(
         label_embeddings=label_embeddings,
         load_pretrained=load_pretrained,
     )
+    model.family = name
+    return model
+
+
+def build_criterion(model: nn.Module, loss_name: str, label_freq: np.ndarray | None) -> nn.Module:
+    """The training loss of `model`: its family's own criterion, else `train.loss` on the logits.
+
+    The returned module's forward takes (ModelOutput, batch) and returns a scalar.
+    """
+    model = _unwrap(model)
+    family = model_family(model.family)
+    if family.criterion is not None:
+        return family.criterion(model.config, task=model.task, loss_name=loss_name, label_freq=label_freq)
+    return LogitsCriterion(build_loss(loss_name if model.task == "multilabel" else "cross_entropy", model.task,
+                                      label_freq))
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -69,11 +89,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def model_spec(model: nn.Module) -> dict[str, Any]:
     """Everything `model_from_checkpoint` needs besides the state_dict (JSON-able)."""
     model = _unwrap(model)
-    for attr in ("config", "num_classes", "task", "embedding_dim"):
+    for attr in ("family", "config", "num_classes", "task", "embedding_dim"):
         if not hasattr(model, attr):
             raise TypeError(f"{type(model).__name__} was not built by build_model (no .{attr})")
     return {
         "format": SPEC_FORMAT,
+        "name": model.family,
         "config": to_dict(model.config),
         "num_classes": int(model.num_classes),
         "task": model.task,
@@ -86,10 +107,9 @@ def model_from_checkpoint(spec: dict[str, Any], state_dict: dict[str, torch.Tens
     if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
         found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
         raise ConfigError(f"checkpoint model spec: expected format {SPEC_FORMAT!r}, got {found!r}")
-    missing = [k for k in ("config", "num_classes", "task", "embedding_dim") if k not in spec]
+    missing = [k for k in ("name", "config", "num_classes", "task", "embedding_dim") if k not in spec]
     if missing:
         raise ConfigError(f"checkpoint model spec lacks {missing}")
-    cfg = from_dict(ModelConfig, spec["config"], "checkpoint.config")
     num_classes, embedding_dim = int(spec["num_classes"]), spec["embedding_dim"]
     cooccurrence = label_embeddings = None
     if embedding_dim is not None:
@@ -97,7 +117,8 @@ def model_from_checkpoint(spec: dict[str, Any], state_dict: dict[str, torch.Tens
         cooccurrence = torch.zeros(num_classes, num_classes)
         label_embeddings = torch.zeros(num_classes, int(embedding_dim))
     model = build_model(
-        cfg,
+        spec["name"],
+        spec["config"],
         num_classes=num_classes,
         task=spec["task"],
         cooccurrence=cooccurrence,

@@ -112,6 +112,18 @@ def _check_multilabel(logits: torch.Tensor, targets: torch.Tensor, num_classes: 
         raise ValueError(f"loss was built for {num_classes} classes, logits have {logits.shape[1]}")
 
 
+class LogitsCriterion(nn.Module):
+    """A loss on the logits alone, as a criterion: forward(output, batch) = loss(logits, batch["target"])."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+        self.name = loss.name
+
+    def forward(self, output, batch) -> torch.Tensor:
+        return self.loss(output.logits, batch["target"].to(output.logits.device))
+
+
 def build_loss(
     name: str,
     task: str,

@@ -5,9 +5,9 @@ Region-Level Analysis", Li, Dong, Wang), registered as `rrla`.
     objects O_A [B,N,2048] + boxes + person box --BOA(B_A)--> W3 O_B [B,2048]
     F = [B_A ; W3 O_B]  (4096)
     multilabel + ELD on : ŷ = H^(2) F   (models/eld.py)
-    multilabel, ELD off : ŷ = Linear(4096 -> C) F / s   (s = sqrt(4096) when model.eld.scaled, else 1)
+    multilabel, ELD off : ŷ = Linear(4096 -> C) F / s   (s = sqrt(4096) when model.rrla.eld.scaled, else 1)
     multiclass (CAER-S) : logits = Linear(4096 -> C) F   (the paper's CAER-S head; ELD is not
-                          used for single-label data whatever model.eld.enabled says)
+                          used for single-label data whatever model.rrla.eld.enabled says)
 
 B_A is 2048-d for every backbone, as in the paper's ResNet-50: when the backbone has fewer
 channels (ResNet-18: 512, MobileNetV2: 1280) a linear layer (`body_proj`, with bias, no
@@ -18,22 +18,27 @@ Ablation switches (paper Table 4), each of which changes the module tree, not ju
 valid objects, no W1/W2/W_G), `boa.geometry: false` (no W_G; boxes are not read),
 `eld.enabled: false` (linear classifier), `backbone.name` (resnet50 | resnet18 | mobilenet_v2).
 
-The "ELD off" classifier keeps ELD's score temperature s (models/eld.py, `model.eld.scaled`):
+The "ELD off" classifier keeps ELD's score temperature s (models/eld.py, `model.rrla.eld.scaled`):
 the ablation removes the label graph, not the scaling that makes the head trainable at the
 shared learning rate. Without it the free 4096-d classifier diverged on the demo data at
 lr 0.1 (train loss 8-24 for all ten epochs while the full model's fell to 0.08), so "no ELD"
 measured an unstable optimiser, not the missing label dependencies.
 
+Inputs (one mapping, as for every registered model): the person crop under the name of the
+person view, and the `objects` view as obj_feats [B,N,2048], obj_boxes [B,N,4], obj_mask [B,N]
+and person_box [B,4]. The person view is `model.rrla.person_view`: `auto` reads the face on
+single-label data (CAER-S: the paper's input there is the face) and the body crop otherwise.
+
 Precomputed body maps (the sweep's frozen-backbone fast path): after
-`set_body_input("feature_map")` the `body` argument of `forward`/`fused_feature` is the
-backbone's output map [B,C,h,w] (computed once and cached) instead of the crop, and the
-backbone is skipped; BPA, GAP, the projection and everything after it run as usual. The mode
-is not part of the state_dict: a checkpoint trained this way loads into a model that reads crops.
+`set_body_input("feature_map")` the person view's tensor is the backbone's output map
+[B,C,h,w] (computed once and cached) instead of the crop, and the backbone is skipped; BPA,
+GAP, the projection and everything after it run as usual. The mode is not part of the
+state_dict: a checkpoint trained this way loads into a model that reads crops.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -42,27 +47,33 @@ from torch import nn
 from models.backbones import build_backbone
 from models.boa import OBJECT_FEATURE_DIM, BodyObjectAttention, EqualObjectPooling
 from models.bpa import BodyPartAttention
-from models.config import ConfigError, ModelConfig
+from models.config import ConfigError, RRLAConfig, view_specs
 from models.eld import EmotionLabelDependency
+from models.output import ModelOutput
 from models.registry import register_model
 
 BODY_FEATURE_DIM = 2048
 FUSED_FEATURE_DIM = BODY_FEATURE_DIM + OBJECT_FEATURE_DIM
 BODY_INPUTS = ("image", "feature_map")
+PERSON_VIEWS = ("auto", "body", "face")
+OBJECT_INPUTS = ("obj_feats", "obj_boxes", "obj_mask", "person_box")
 
 
-class ModelOutput(NamedTuple):
-    logits: torch.Tensor  # [B,C] raw scores
-    attention: torch.Tensor | None  # [B,h,N] BOA weights; None when BOA is off
+def resolve_person_view(setting: str, task: str) -> str:
+    """`auto`: the face on single-label data (the paper's CAER-S input), the body crop otherwise."""
+    if setting not in PERSON_VIEWS:
+        raise ConfigError(f"model.rrla.person_view must be one of {PERSON_VIEWS}, got {setting!r}")
+    if setting == "auto":
+        return "face" if task == "multiclass" else "body"
+    return setting
 
 
 class RelationalRegionLevelNet(nn.Module):
-    # The input views it reads (core/data/views.py names them): the person crop and the stored objects.
-    views = ("body", "objects")
+    predicts_vad = False
 
     def __init__(
         self,
-        cfg: ModelConfig,
+        cfg: RRLAConfig,
         *,
         num_classes: int,
         task: str,
@@ -73,8 +84,12 @@ class RelationalRegionLevelNet(nn.Module):
         super().__init__()
         self.config, self.num_classes, self.task = cfg, num_classes, task
         self.body_input = "image"  # or "feature_map": see set_body_input
+        self.person_view = resolve_person_view(cfg.person_view, task)
+        # The input views it reads (core/data/views.py names them): the person crop and the stored objects.
+        self.views = (self.person_view, "objects")
+        self.view_specs = view_specs(cfg.views, self.views, section="model.rrla")
         if cfg.boa.max_objects is not None and cfg.boa.max_objects < 0:
-            raise ConfigError(f"model.boa.max_objects must be >= 0 or null, got {cfg.boa.max_objects}")
+            raise ConfigError(f"model.rrla.boa.max_objects must be >= 0 or null, got {cfg.boa.max_objects}")
 
         self.backbone = build_backbone(cfg.backbone, load_weights=load_pretrained)
         channels = self.backbone.out_channels
@@ -103,9 +118,9 @@ class RelationalRegionLevelNet(nn.Module):
         if task == "multilabel" and cfg.eld.enabled:
             if cooccurrence is None or label_embeddings is None:
                 raise ConfigError(
-                    "model.eld.enabled is true: build_model needs `cooccurrence` (P, "
+                    "model.rrla.eld.enabled is true: build_model needs `cooccurrence` (P, "
                     "data/graph/cooccurrence.npy) and `label_embeddings` (Z, "
-                    "data/graph/label_embeddings.npy); or set model.eld.enabled: false"
+                    "data/graph/label_embeddings.npy); or set model.rrla.eld.enabled: false"
                 )
             self.eld = EmotionLabelDependency(
                 cooccurrence, label_embeddings, cfg.eld.t, cfg.eld.p,
@@ -161,17 +176,14 @@ class RelationalRegionLevelNet(nn.Module):
         pooled = feature_map.mean(dim=(2, 3))
         return pooled if self.body_proj is None else self.body_proj(pooled)
 
-    def fused_feature(
-        self,
-        body: torch.Tensor,
-        obj_feats: torch.Tensor,
-        obj_boxes: torch.Tensor,
-        obj_mask: torch.Tensor,
-        person_box: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def fused_feature(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """F = [B_A ; W3 O_B] ([B,4096]) and the BOA weights."""
-        # getattr: models pickled before `body_input` existed read crops
-        from_map = getattr(self, "body_input", "image") == "feature_map"
+        missing = [key for key in (self.person_view, *OBJECT_INPUTS) if key not in inputs]
+        if missing:
+            raise ValueError(f"rrla reads {[self.person_view, *OBJECT_INPUTS]}; missing {missing}")
+        body = inputs[self.person_view]
+        obj_feats, obj_boxes, obj_mask, person_box = (inputs[key] for key in OBJECT_INPUTS)
+        from_map = self.body_input == "feature_map"
         _check_inputs(body, obj_feats, obj_boxes, obj_mask, person_box,
                       body_channels=self.backbone.out_channels if from_map else 3)
         dtype = next(self.parameters()).dtype  # float16 object features are cast to the weights' dtype
@@ -188,19 +200,11 @@ class RelationalRegionLevelNet(nn.Module):
         context, attention = self.boa(body_feature, obj_feats, obj_boxes, obj_mask, person_box)
         return torch.cat([body_feature, context], dim=1), attention
 
-    def forward(
-        self,
-        body: torch.Tensor,
-        obj_feats: torch.Tensor,
-        obj_boxes: torch.Tensor,
-        obj_mask: torch.Tensor,
-        person_box: torch.Tensor,
-    ) -> ModelOutput:
-        fused, attention = self.fused_feature(body, obj_feats, obj_boxes, obj_mask, person_box)
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> ModelOutput:
+        fused, attention = self.fused_feature(inputs)
         if self.eld is not None:
             return ModelOutput(logits=self.eld(fused), attention=attention)
-        # getattr: models pickled before the scale existed had none
-        return ModelOutput(logits=self.classifier(fused) * getattr(self, "classifier_scale", 1.0), attention=attention)
+        return ModelOutput(logits=self.classifier(fused) * self.classifier_scale, attention=attention)
 
 
 def _check_inputs(
@@ -226,9 +230,9 @@ def _check_inputs(
         raise ValueError(f"person_box must be [{batch},4], got {tuple(person_box.shape)}")
 
 
-@register_model("rrla")
+@register_model("rrla", config=RRLAConfig)
 def build_rrla(
-    cfg: ModelConfig,
+    cfg: RRLAConfig,
     *,
     num_classes: int,
     task: str,

@@ -204,7 +204,7 @@ def test_eq7_reweighted_adjacency_by_hand():
     assert torch.allclose(reweighted_adjacency(P_HAND, 0.3, 0.6), expected_t03_p06)
     # eq. 8 on rows that sum to 1: D = I, so Â = A^r
     assert torch.allclose(eld_adjacency(P_HAND, 0.2, 0.2), expected)
-    with pytest.raises(ConfigError, match=r"model.eld.p must lie in \[0, 1\]"):
+    with pytest.raises(ConfigError, match=r"model.rrla.eld.p must lie in \[0, 1\]"):
         reweighted_adjacency(P_HAND, 0.2, 1.5)
 
 
@@ -270,5 +270,5 @@ def test_bpa_is_squeeze_and_excitation_with_the_hidden_width_as_parameter():
     assert ((gates > 0) & (gates < 1)).all()
     assert torch.allclose(bpa(feature_map), feature_map * gates[:, :, None, None])
     assert BodyPartAttention(channels=2048, hidden=7).squeeze.weight.shape == (7, 2048)
-    with pytest.raises(ConfigError, match="model.bpa.hidden"):
+    with pytest.raises(ConfigError, match="model.rrla.bpa.hidden"):
         BodyPartAttention(channels=512, hidden=0)

@@ -78,3 +78,52 @@ def test_factory_errors_are_clear():
         build_loss("weighted_mse", "multilabel", np.array([0.3, 0.1]))(torch.zeros(1, 3), torch.zeros(1, 3))
     with pytest.raises(ConfigError, match="task must be"):
         build_loss("bce", "regression", None)
+
+
+# --- the factory's criterion: how training calls the loss -----------------------------
+
+
+def _rrla(task: str, num_classes: int):
+    import dataclasses
+
+    from support import repo_params
+
+    from models.factory import build_model
+
+    cfg = dataclasses.replace(repo_params().model.rrla, eld=dataclasses.replace(repo_params().model.rrla.eld,
+                                                                                enabled=False))
+    return build_model("rrla", cfg, num_classes=num_classes, task=task)
+
+
+@pytest.mark.parametrize("name", ["weighted_mse", "bce", "focal"])
+def test_rrla_criterion_is_train_loss_on_the_logits(name):
+    from models.factory import build_criterion
+    from models.output import ModelOutput
+
+    freq = np.array([0.1, 0.5, 0.9])
+    criterion = build_criterion(_rrla("multilabel", 3), name, freq)
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 3, generator=gen)
+    targets = (torch.rand(4, 3, generator=gen) < 0.4).float()
+    expected = build_loss(name, "multilabel", freq)(logits, targets)
+    got = criterion(ModelOutput(logits=logits), {"target": targets, "index": torch.arange(4)})
+    assert torch.allclose(got, expected, atol=1e-7) and got.dim() == 0
+    assert criterion.name == name
+
+
+def test_rrla_criterion_on_single_label_data_is_cross_entropy_and_unwraps_ddp():
+    from models.factory import build_criterion
+    from models.output import ModelOutput
+
+    class Wrapped(torch.nn.Module):  # what DistributedDataParallel looks like to the factory
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    model = _rrla("multiclass", 3)
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    targets = torch.tensor([0, 2])
+    for criterion in (build_criterion(model, "weighted_mse", None), build_criterion(Wrapped(model), "bce", None)):
+        assert criterion.name == "cross_entropy"
+        assert torch.allclose(criterion(ModelOutput(logits=logits), {"target": targets}),
+                              F.cross_entropy(logits, targets))

@@ -1,9 +1,10 @@
 """Every registered model, built from params.yaml the way training builds it.
 
 The test is parametrized over the registry, so a model family added later is covered the day it
-registers: it must build from params, take the loader's batch (core/data/dataset.py
-`model_inputs`), produce [B, C] scores for both tasks, get a gradient in every trainable
-parameter, and come back identical from its checkpoint spec.
+registers: it must build from its params section, declare known views, take the loader's batch of
+exactly those views (core/data/dataset.py `model_inputs`), produce [B, C] scores for both tasks,
+train one step through its own criterion (models/factory.py `build_criterion`) with a gradient in
+every trainable parameter, and come back identical from its checkpoint spec.
 """
 from __future__ import annotations
 
@@ -12,82 +13,105 @@ import pytest
 import torch
 from support import repo_params
 
-from core.data.dataset import model_inputs
-from models import (
-    available_models,
-    build_loss,
-    build_model,
-    model_from_checkpoint,
-    model_spec,
-)
-from models.config import replace_path
-from models.registry import model_builder, register_model
+from core.data.dataset import input_keys, model_inputs
+from core.data.views import VIEWS
+from models import available_models, build_criterion, build_model, model_from_checkpoint, model_spec
+from models.config import ViewConfig, replace_path
+from models.registry import model_family, register_model
 
 torch.set_num_threads(1)
-BATCH, OBJECTS, INPUT, EMBED_DIM = 2, 3, 64, 50
+BATCH, OBJECTS, EMBED_DIM, GRID = 3, 3, 50, 2
 TASKS = [("multilabel", 26), ("multiclass", 7)]
 
 
-def tiny_batch(num_classes: int, task: str) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    corner = torch.rand(BATCH, OBJECTS, 2, generator=gen) * 100
-    return {
-        "body": torch.randn(BATCH, 3, INPUT, INPUT, generator=gen),
-        "obj_feats": torch.rand(BATCH, OBJECTS, 2048, generator=gen).to(torch.float16),
-        "obj_boxes": torch.cat([corner, corner + 20], dim=-1),
-        "obj_mask": torch.tensor([[True, True, False], [True, False, False]]),
-        "person_box": torch.tensor([[10.0, 10.0, 60.0, 120.0]] * BATCH),
-        "target": ((torch.rand(BATCH, num_classes, generator=gen) < 0.3).float() if task == "multilabel"
-                   else torch.tensor([0, num_classes - 1])),
-    }
+def small_views(cfg):
+    """The family's params with every view shrunk to 32 pixels (the test runs in seconds)."""
+    return replace_path(cfg, "views", {name: ViewConfig(32, view.norm) for name, view in cfg.views.items()})
 
 
 def build_from_params(name: str, num_classes: int, task: str):
-    cfg = replace_path(replace_path(repo_params().model, "name", name), "backbone.input_size", INPUT)
+    cfg = small_views(repo_params().model.family(name))
     rng = np.random.default_rng(0)
     cooccurrence = rng.random((num_classes, num_classes)).astype(np.float32)
     np.fill_diagonal(cooccurrence, 0.0)
     torch.manual_seed(0)
-    return build_model(cfg, num_classes=num_classes, task=task, cooccurrence=cooccurrence,
+    return build_model(name, cfg, num_classes=num_classes, task=task, cooccurrence=cooccurrence,
                        label_embeddings=rng.standard_normal((num_classes, EMBED_DIM)).astype(np.float32))
 
 
-def test_the_registry_holds_the_flagship():
-    assert "rrla" in available_models()
+def tiny_batch(model, num_classes: int, task: str) -> dict[str, torch.Tensor]:
+    """What PersonDataset yields for this model: its views' tensors, the target, VAD."""
+    gen = torch.Generator().manual_seed(0)
+    batch: dict[str, torch.Tensor] = {}
+    for name in model.views:
+        if name == "objects":
+            corner = torch.rand(BATCH, OBJECTS, 2, generator=gen) * 100
+            batch.update({
+                "obj_feats": torch.rand(BATCH, OBJECTS, 2048, generator=gen).to(torch.float16),
+                "obj_boxes": torch.cat([corner, corner + 20], dim=-1),
+                "obj_mask": torch.tensor([[True, True, False], [True, False, False], [True, True, True]]),
+                "person_box": torch.tensor([[10.0, 10.0, 60.0, 120.0]] * BATCH),
+            })
+            continue
+        size = model.view_specs[name].size
+        shape = (BATCH, GRID * GRID, 3, size, size) if name == "patches" else (BATCH, 3, size, size)
+        batch[name] = torch.randn(*shape, generator=gen)
+    batch["target"] = ((torch.rand(BATCH, num_classes, generator=gen) < 0.3).float() if task == "multilabel"
+                       else torch.tensor([0, num_classes - 1, 1]))
+    batch["vad"] = torch.rand(BATCH, 3, generator=gen) * 9 + 1
+    batch["has_vad"] = torch.tensor([True, False, True])
+    return batch
+
+
+def test_the_registry_holds_the_flagship_and_the_baselines():
+    assert {"rrla", "kosti", "caernet"} <= set(available_models())
 
 
 @pytest.mark.parametrize("name", available_models())
-def test_every_registered_model_declares_known_views(name):
-    from core.data.views import VIEWS
-
+def test_every_registered_model_has_a_params_section_and_declares_known_views(name):
+    assert isinstance(repo_params().model.family(name), model_family(name).config)
     model = build_from_params(name, 26, "multilabel")
     assert model.views and set(model.views) <= set(VIEWS), model.views
+    pixel_views = {v for v in model.views if v != "objects"}
+    assert set(model.view_specs) == pixel_views
+    batch = tiny_batch(model, 26, "multilabel")
+    assert set(model_inputs(model, batch)) == set(input_keys(model.views))
 
 
 @pytest.mark.parametrize("task,num_classes", TASKS)
 @pytest.mark.parametrize("name", available_models())
 def test_every_registered_model_builds_trains_and_round_trips(name, task, num_classes):
     model = build_from_params(name, num_classes, task).train()
-    batch = tiny_batch(num_classes, task)
-    logits = model(*model_inputs(batch)).logits
-    assert logits.shape == (BATCH, num_classes) and torch.isfinite(logits).all()
+    batch = tiny_batch(model, num_classes, task)
+    output = model(model_inputs(model, batch))
+    assert output.logits.shape == (BATCH, num_classes) and torch.isfinite(output.logits).all()
+    if model.predicts_vad:
+        assert output.continuous.shape == (BATCH, 3)
 
-    loss_name = repo_params().train.loss if task == "multilabel" else "cross_entropy"
-    loss = build_loss(loss_name, task, np.full(num_classes, 0.1))(logits, batch["target"])
+    criterion = build_criterion(model, repo_params().train.loss, np.full(num_classes, 0.1))
+    loss = criterion(output, batch)
+    assert loss.dim() == 0 and torch.isfinite(loss)
     loss.backward()
     without_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert without_grad == []
 
     model.eval()
-    again = model_from_checkpoint(model_spec(model), model.state_dict())
+    spec = model_spec(model)
+    assert spec["name"] == name
+    again = model_from_checkpoint(spec, model.state_dict())
     with torch.no_grad():
-        assert torch.equal(again(*model_inputs(batch)).logits, model(*model_inputs(batch)).logits)
+        assert torch.equal(again(model_inputs(model, batch)).logits, model(model_inputs(model, batch)).logits)
+
+
+def test_the_flagship_reads_the_face_on_single_label_data_and_the_body_otherwise():
+    assert build_from_params("rrla", 26, "multilabel").views == ("body", "objects")
+    assert build_from_params("rrla", 7, "multiclass").views == ("face", "objects")
 
 
 def test_an_unknown_name_or_a_second_registration_is_an_error():
-    from models.config import ConfigError
+    from models.config import ConfigError, RRLAConfig
 
     with pytest.raises(ConfigError, match="unknown model 'nope'"):
-        model_builder("nope")
+        model_family("nope")
     with pytest.raises(ValueError, match="registered twice"):
-        register_model("rrla")(lambda cfg, **kwargs: None)
+        register_model("rrla", config=RRLAConfig)(lambda cfg, **kwargs: None)
