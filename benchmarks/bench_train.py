@@ -2,8 +2,9 @@
 
     python benchmarks/bench_train.py [--workspace DIR] [--epochs 2]
 
-Runs the training stage's Ray Train loop (core/training/loop.py) on an existing workspace (one
-where `dvc repro objects cooccurrence embeddings` has run; default: the current directory)
+Runs the training stage's Ray Train loop (core/training/loop.py) for params.yaml's model.name (with
+its model.<name>.train overrides, as the training stage applies them) on an existing workspace (one
+where `dvc repro detect objects cooccurrence embeddings` has run; default: the current directory)
 for 1 and 2 Ray workers, each with the real DataLoader (JPEG decode + crop + resize in
 loader workers, memmapped object features) and with every item pre-decoded in memory.
 Reports samples/s of the last epoch, the loader overhead ratio and the peak resident memory
@@ -71,13 +72,17 @@ class PeakMemory:
 
 
 def measure(params_dict: dict, workers: int, preload: bool, epochs: int) -> dict:
+    import dataclasses
+
     import ray
 
-    from core.params import apply_overrides, params_from_dict
+    from core.params import params_from_dict
     from core.training import inputs, loop, trainer
     from core.workspace import Workspace
 
-    params = params_from_dict(apply_overrides(params_dict, {"train.num_workers": workers, "train.epochs": epochs}))
+    # as the training stage: the model's own train overrides (core/training/trainer.py), then the bench's
+    params = params_from_dict(params_dict).for_model()
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, num_workers=workers, epochs=epochs))
     paths = Workspace.at(data_root=params.data.root, ray_storage=Path(".ray_results/bench"))
     config = inputs.worker_config(params, paths)
     config["preload"] = preload
@@ -111,12 +116,13 @@ def main() -> None:
     os.chdir(args.workspace)
 
     from core.env import apply_embedded_defaults
-    from core.params import read_yaml
+    from core.params import params_from_dict, read_yaml
     from core.ray_utils import init_ray
 
     apply_embedded_defaults()
     init_ray(include_dashboard=True)
     params_dict = read_yaml("params.yaml")
+    trained = params_from_dict(params_dict).for_model()  # the model and train values the rows ran with
     rows = []
     for workers in args.workers:
         for preload in (False, True):
@@ -127,8 +133,9 @@ def main() -> None:
         memory = next(r for r in rows if r["workers"] == workers and r["loader"] == "in-memory")
         real["loader_overhead_ratio"] = round(memory["samples_per_s"] / max(real["samples_per_s"], 1e-9), 3)
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-              "params": {k: params_dict["train"][k] for k in ("batch_size", "loader_workers")},
-              "model": params_dict["model"], "epochs": args.epochs, "rows": rows,
+              "params": {k: getattr(trained.train, k) for k in ("batch_size", "loader_workers")},
+              "model": {"name": trained.model.name, trained.model.name: params_dict["model"][trained.model.name]},
+              "epochs": args.epochs, "rows": rows,
               "note": "samples/s of the last epoch; loader_overhead_ratio = in-memory / dataloader samples/s; "
                       "peak_pss_mib: proportional set size summed over this process and all Ray processes "
                       "(shared pages split between sharers); peak_rss_sum_mib counts shared pages per process"}

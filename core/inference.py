@@ -22,12 +22,8 @@ class ModelPackage:
     thresholds: np.ndarray | None = None
 
     @property
-    def input_size(self) -> int:
-        return int(self.params["model"]["backbone"]["input_size"])
-
-    @property
-    def max_objects(self) -> int | None:
-        return self.params["model"]["boa"].get("max_objects")
+    def model_name(self) -> str:
+        return self.model.family
 
 
 def load_model_package(model_dir: Path, thresholds_file: Path | None = None) -> ModelPackage:
@@ -50,26 +46,28 @@ def load_model_package(model_dir: Path, thresholds_file: Path | None = None) -> 
                         params=state["params"], thresholds=thresholds)
 
 
-def predict_loader(model, loader, device="cpu", with_attention: bool = False):
-    """Scores (and optionally BOA weights) for every item a loader yields.
+def predict_loader(model, loader, device="cpu", with_attention: bool = False, with_continuous: bool = False):
+    """Scores (optionally the attention weights and the VAD predictions) for every item a loader yields.
 
-    Returns (dataset indices, scores[, attention]) in loader order.
+    Returns (dataset indices, scores[, attention][, continuous]) in loader order; attention or
+    continuous is None when the model gives none.
     """
     import torch
 
     from core.data.dataset import model_inputs
 
     model.eval()
-    indices, scores, attention = [], [], []
+    indices, scores, attention, continuous = [], [], [], []
     with torch.no_grad():
         for batch in loader:
-            out = model(*model_inputs(batch, device))
+            out = model(model_inputs(model, batch, device))
             scores.append(out.logits.float().cpu().numpy())
             indices.append(batch["index"].numpy())
-            if with_attention:
-                att = out.attention
-                attention.append(None if att is None else att.float().cpu().numpy())
+            attention.append(None if out.attention is None else out.attention.float().cpu().numpy())
+            continuous.append(None if out.continuous is None else out.continuous.float().cpu().numpy())
     result = (np.concatenate(indices), np.concatenate(scores))
     if with_attention:
         result += (None if any(a is None for a in attention) else np.concatenate(attention),)
+    if with_continuous:
+        result += (None if any(c is None for c in continuous) else np.concatenate(continuous),)
     return result

@@ -7,6 +7,7 @@ defaults, and an unknown or a missing key anywhere is an error naming the dotted
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import yaml
 
 from core.workspace import DEFAULT_WORKSPACE
-from models.config import ConfigError, ModelConfig, from_dict, to_dict
+from models.config import CAERNetConfig, ConfigError, KostiConfig, RRLAConfig, from_dict, to_dict
 
 DEFAULT_PARAMS = DEFAULT_WORKSPACE.params_file
 
@@ -83,12 +84,49 @@ class TrainConfig:
     loader_workers: int
     max_failures: int
     frozen_backbone: bool  # backbone maps computed once (core/training/body_cache.py); only what follows trains
+    precise_bn: bool  # re-estimate BatchNorm statistics on the training split after every epoch (loop.py)
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """`model`: which model the pipeline trains, and every model family's config.
+
+    Each family's section is read only when that family is trained (`model.name`, or a
+    `compare.models` entry), so DVC reruns only the branches whose section changed.
+    """
+
+    name: str  # rrla | kosti | caernet (models/registry.py)
+    rrla: RRLAConfig
+    kosti: KostiConfig
+    caernet: CAERNetConfig
+
+    def family(self, name: str | None = None) -> Any:
+        """The typed config of family `name` (default: `model.name`)."""
+        name = name or self.name
+        if not any(f.name == name for f in dataclasses.fields(self)) or name == "name":
+            families = [f.name for f in dataclasses.fields(self) if f.name != "name"]
+            raise ConfigError(f"unknown model {name!r} (model.name / compare.models): no params section "
+                              f"model.{name}; models: {families}")
+        return getattr(self, name)
+
+    @property
+    def config(self) -> Any:
+        return self.family()
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    models: list[str]  # the models `ctxemo compare` (dvc.yaml's compare matrix) trains and evaluates
 
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    model_name: str
+    model_name: str  # "{model}" is replaced by the model's name: one registered model per model family
     min_improvement: float
+
+    def name_for(self, model: str) -> str:
+        """The registered model a model family's versions go to (e.g. ctxemo-kosti)."""
+        return self.model_name.replace("{model}", model)
 
 
 @dataclass(frozen=True)
@@ -119,12 +157,27 @@ class Params:
     detect: DetectConfig
     objects: ObjectsConfig
     embeddings: EmbeddingsConfig
-    model: ModelConfig
+    model: ModelParams
     train: TrainConfig
+    compare: CompareConfig
     registry: RegistryConfig
     tune: TuneConfig
 
+    def for_model(self, name: str | None = None) -> Params:
+        """These params with `model.name` = `name` and that family's `train` overrides applied.
 
+        A model family's `train` section (e.g. Kosti's batch size 52, CAER-Net's SGD at 5e-3)
+        replaces the matching `train.*` values: the training stage, the compare matrix and the
+        sweep all train a model through this, so each trains the way its section says.
+        """
+        name = name or self.model.name
+        overrides = dict(self.model.family(name).train or {})
+        allowed = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(overrides) - allowed)
+        if unknown:
+            raise ConfigError(f"model.{name}.train: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+        return dataclasses.replace(self, model=dataclasses.replace(self.model, name=name),
+                                   train=dataclasses.replace(self.train, **overrides))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -139,7 +192,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def params_from_dict(data: dict[str, Any]) -> Params:
-    return from_dict(Params, data)
+    params = from_dict(Params, data)
+    for name in (params.model.name, *params.compare.models):
+        params.model.family(name)  # a name without a params section is an error here, before any work
+        params.for_model(name)  # its train overrides name real train keys
+    return params
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
@@ -151,13 +208,16 @@ def params_to_dict(params: Params) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Deep-copy `data` with dotted-path overrides applied ({'model.boa.heads': 4}).
+    """Deep-copy `data` with dotted-path overrides applied ({'model.rrla.boa.heads': 4}).
 
-    Every path must already exist: a typo is an error, not a silently new key.
+    Every path must already exist: a typo is an error, not a silently new key. The one
+    exception is a model family's `train` overrides (`model.<name>.train.<key>`), a mapping
+    that holds only what differs: there a new key is allowed when it names a train setting.
     """
     import copy
 
     out = copy.deepcopy(data)
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
     for dotted, value in overrides.items():
         node = out
         keys = dotted.split(".")
@@ -165,7 +225,8 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
             if not isinstance(node, dict) or key not in node:
                 raise ConfigError(f"override {dotted!r}: no section {key!r} in params")
             node = node[key]
-        if not isinstance(node, dict) or keys[-1] not in node:
+        family_train = len(keys) == 4 and keys[0] == "model" and keys[2] == "train" and keys[3] in train_keys
+        if not isinstance(node, dict) or (keys[-1] not in node and not family_train):
             raise ConfigError(f"override {dotted!r}: no key {keys[-1]!r} in params")
         node[keys[-1]] = value
     return out

@@ -36,6 +36,9 @@ LAYOUT: dict[str, str] = {
     "details_file": "reports/metrics_per_class.json",  # evaluate: per-class figures (not a DVC metric)
     "plots_dir": "reports/plots",                # evaluate: DVC plots
     "ingest_metrics": "reports/ingest.json",     # ingest: counts as DVC metrics
+    "compare_dir": "artifacts/compare",          # compare: <model>/ its model, thresholds, per-class figures, plots
+    "compare_metrics_dir": "reports/compare",    # compare: <model>.json, one row of the table (DVC metrics)
+    "compare_table": "reports/compare.md",       # compare_report: the table (and compare.json beside it)
     "ray_storage": ".ray_results",               # Ray Train / Tune checkpoints (local runs)
     "dvc_lock": "dvc.lock",
     "params_file": "params.yaml",
@@ -61,6 +64,9 @@ class Workspace:
     details_file: Path
     plots_dir: Path
     ingest_metrics: Path
+    compare_dir: Path
+    compare_metrics_dir: Path
+    compare_table: Path
     ray_storage: Path
     dvc_lock: Path
     params_file: Path

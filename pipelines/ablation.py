@@ -21,8 +21,9 @@ import hashlib
 import importlib
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -32,10 +33,10 @@ from core.workspace import DEFAULT_WORKSPACE, Workspace
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
-    "no_boa": {"model.boa.enabled": False},
-    "no_bpa": {"model.bpa.enabled": False},
-    "no_eld": {"model.eld.enabled": False},
-    "no_geometry": {"model.boa.geometry": False},
+    "no_boa": {"model.rrla.boa.enabled": False},
+    "no_bpa": {"model.rrla.bpa.enabled": False},
+    "no_eld": {"model.rrla.eld.enabled": False},
+    "no_geometry": {"model.rrla.boa.geometry": False},
 }
 
 
@@ -51,6 +52,8 @@ FROZEN_BACKBONE = {"train.frozen_backbone": True, "train.loader_workers": 0}
 
 
 def with_backbone_mode(base: dict[str, Any], frozen_backbone: bool) -> dict[str, Any]:
+    # The ablations are the flagship's (paper Table 4), whichever model params.yaml trains.
+    base = apply_overrides(base, {"model.name": "rrla"})
     return apply_overrides(base, FROZEN_BACKBONE) if frozen_backbone else base
 
 
@@ -187,7 +190,7 @@ def write_report(markdown: str, table: list[dict[str, Any]], base: dict[str, Any
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / f"{stem}.md").write_text(
         "# Ablations (paper Table 4) on the configured data\n\n"
-        f"data: {params.data.root}, {params.data.kind}{counts}; backbone {params.model.backbone.name}: {backbone}; "
+        f"data: {params.data.root}, {params.data.kind}{counts}; backbone {params.model.rrla.backbone.name}: {backbone}; "
         f"{params.train.epochs} epochs.\n\n" + markdown + "\n\n"
         "test metric: mean over seeds (std: sample standard deviation); delta_vs_full: mean of the per-seed "
         "differences to the full model; full_better_on: seeds on which the full model scored higher.\n")

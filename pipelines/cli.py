@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -37,10 +36,10 @@ def _embedded_defaults() -> None:
 
 @app.command()
 def synth(
-    out: Optional[Path] = typer.Option(None, help="output folder (default: synth.out of params.yaml)"),
-    images: Optional[int] = typer.Option(None, min=1, help="number of images (default: synth.images)"),
-    seed: Optional[int] = typer.Option(None, help="random seed, same seed -> identical data set (default: synth.seed)"),
-    format: Optional[str] = typer.Option(None, "--format", help="emotic | caers (default: synth.format)"),
+    out: Path | None = typer.Option(None, help="output folder (default: synth.out of params.yaml)"),
+    images: int | None = typer.Option(None, min=1, help="number of images (default: synth.images)"),
+    seed: int | None = typer.Option(None, help="random seed, same seed -> identical data set (default: synth.seed)"),
+    format: str | None = typer.Option(None, "--format", help="emotic | caers (default: synth.format)"),
     params_file: Path = typer.Option(DEFAULT_WORKSPACE.params_file, "--params"),
 ) -> None:
     """Generate a demo data set whose labels follow body, face and context cues."""
@@ -79,7 +78,7 @@ def stage(name: str = typer.Argument(..., help=" | ".join(STAGES))) -> None:
 
 @app.command()
 def demo(
-    images: Optional[int] = typer.Option(None, help="override synth.images from params.yaml"),
+    images: int | None = typer.Option(None, help="override synth.images from params.yaml"),
     fresh: bool = typer.Option(False, help="regenerate the demo data even if it exists"),
 ) -> None:
     """Generate demo data (if missing), run the pipeline on it and print where everything is."""
@@ -88,6 +87,18 @@ def demo(
 
     try:
         run_demo(images=images, fresh=fresh)
+    except UserError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def compare() -> None:
+    """Train and evaluate every compare.models entry on the same data; write reports/compare.md."""
+    from core.errors import UserError
+    from pipelines.demo import run_compare
+
+    try:
+        print(run_compare())
     except UserError as exc:
         _fail(str(exc))
 
@@ -137,8 +148,8 @@ def ablate(
 
 @app.command()
 def sweep(
-    samples: Optional[int] = typer.Option(None, min=1, help="number of trials (default: tune.num_samples)"),
-    max_epochs: Optional[int] = typer.Option(None, "--max-epochs", min=1,
+    samples: int | None = typer.Option(None, min=1, help="number of trials (default: tune.num_samples)"),
+    max_epochs: int | None = typer.Option(None, "--max-epochs", min=1,
                                              help="epochs per trial (default: tune.max_epochs)"),
     resume: bool = typer.Option(False, "--resume", help="continue the last interrupted sweep of this workspace"),
     params_file: Path = typer.Option(DEFAULT_WORKSPACE.params_file, "--params"),
@@ -168,6 +179,10 @@ def sweep(
 
 
 # --------------------------------------------------------------------------- retraining, registry, predict
+
+
+def _registered_name(params) -> str:
+    return params.registry.name_for(params.model.name)
 
 
 def _workspace_params(params_file: Path):
@@ -228,7 +243,7 @@ def ablate_flow(
 @app.command("promote")
 def promote_model(
     dry_run: bool = typer.Option(False, "--dry-run", help="explain the decision; register and move nothing"),
-    version: Optional[str] = typer.Option(None, help="gate this registered version instead of the workspace's model"),
+    version: str | None = typer.Option(None, help="gate this registered version instead of the workspace's model"),
     params_file: Path = typer.Option(DEFAULT_WORKSPACE.params_file, "--params"),
 ) -> None:
     """Register the evaluated model as challenger; make it champion if it beats the champion by registry.min_improvement."""
@@ -236,7 +251,7 @@ def promote_model(
     from pipelines import registry
 
     params = _workspace_params(params_file)
-    name, threshold = params.registry.model_name, params.registry.min_improvement
+    name, threshold = params.registry.name_for(params.model.name), params.registry.min_improvement
     try:
         if version is None:
             decision = registry.register_and_promote(Path("."), name, threshold, dry_run=dry_run).decision
@@ -251,8 +266,8 @@ def promote_model(
 def predict_images(
     images: list[Path] = typer.Argument(..., help="image files"),
     box: list[str] = typer.Option(None, "--box", help="x1,y1,x2,y2 of a person (repeatable, for every image); default: detect people"),
-    model: Optional[str] = typer.Option(None, "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID or a local artifacts folder [default: models:/<registry.model_name>@champion]"),
-    annotate: Optional[Path] = typer.Option(None, "--annotate", help="write an annotated PNG (a folder when several images are given)"),
+    model: str | None = typer.Option(None, "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID or a local artifacts folder [default: models:/<registry.model_name for model.name>@champion]"),
+    annotate: Path | None = typer.Option(None, "--annotate", help="write an annotated PNG (a folder when several images are given)"),
     params_file: Path = typer.Option(DEFAULT_WORKSPACE.params_file, "--params"),
 ) -> None:
     """Emotions (with scores) of each person in the images, as JSON; optionally an annotated image."""
@@ -266,7 +281,7 @@ def predict_images(
     try:
         boxes = [predict.parse_box(b) for b in box] if box else None
         if model is None:
-            model = predict.default_model_uri(_workspace_params(params_file).registry.model_name)
+            model = predict.default_model_uri(_registered_name(_workspace_params(params_file)))
         results = predict.run(images, model, boxes=boxes, annotate_to=annotate, workspace=Path("."))
     except UserError as exc:
         _fail(str(exc))
@@ -275,10 +290,10 @@ def predict_images(
 
 @app.command("predict-batch")
 def predict_batch(
-    src: Optional[str] = typer.Argument(None, help="a folder or s3://bucket/prefix [default: CTXEMO_BATCH_INPUT_URI]"),
-    out: Optional[str] = typer.Option(None, "--out", help="the .parquet to write, local or s3:// [default: CTXEMO_BATCH_OUTPUT_URI/predictions.parquet]"),
-    model: Optional[str] = typer.Option(None, "--model", help="as for `ctxemo predict` [default: the champion]"),
-    boxes: Optional[Path] = typer.Option(None, "--boxes", help="CSV image,x1,y1,x2,y2 of known people (image relative to SRC)"),
+    src: str | None = typer.Argument(None, help="a folder or s3://bucket/prefix [default: CTXEMO_BATCH_INPUT_URI]"),
+    out: str | None = typer.Option(None, "--out", help="the .parquet to write, local or s3:// [default: CTXEMO_BATCH_OUTPUT_URI/predictions.parquet]"),
+    model: str | None = typer.Option(None, "--model", help="as for `ctxemo predict` [default: the champion]"),
+    boxes: Path | None = typer.Option(None, "--boxes", help="CSV image,x1,y1,x2,y2 of known people (image relative to SRC)"),
     batch_size: int = typer.Option(4, min=1, help="images per Ray Data batch"),
     params_file: Path = typer.Option(DEFAULT_WORKSPACE.params_file, "--params"),
 ) -> None:
@@ -295,7 +310,7 @@ def predict_batch(
             default_src, default_out = batch_predict.default_locations(settings)
             src, out = src or default_src, out or default_out
         if model is None:
-            model = predict.default_model_uri(_workspace_params(params_file).registry.model_name)
+            model = predict.default_model_uri(_registered_name(_workspace_params(params_file)))
         summary = batch_predict.run(src, out, model, boxes_file=boxes, batch_size=batch_size, settings=settings)
     except UserError as exc:
         _fail(str(exc))
@@ -304,7 +319,7 @@ def predict_batch(
 
 @app.command()
 def storage(
-    command: Optional[str] = typer.Argument(None, help="dvc-remote: point DVC's default remote at s3://BUCKET/PREFIX/dvc"),
+    command: str | None = typer.Argument(None, help="dvc-remote: point DVC's default remote at s3://BUCKET/PREFIX/dvc"),
     name: str = typer.Option("storage", "--name", help="name of the DVC remote for dvc-remote"),
 ) -> None:
     """Print where data, MLflow artifacts and Ray checkpoints go (S3 settings from the environment; never a secret)."""

@@ -1,7 +1,9 @@
 """The embedded-default main job behind `make demo` / `ctxemo demo`.
 
-Generates the demo data set when it is missing, runs `dvc repro` (DVC decides what is
-stale; a second run does nothing) and prints what came out and where it lives.
+Generates the demo data set when it is missing, runs `dvc repro evaluate` (the main pipeline;
+DVC decides what is stale, a second run does nothing) and prints what came out and where it
+lives. `ctxemo compare` (`run_compare`) runs the comparison of every compare.models entry the
+same way: `dvc repro compare_report`.
 """
 from __future__ import annotations
 
@@ -31,6 +33,23 @@ def _annotations_present(root: Path, annotations: str | None) -> bool:
 
 def run_demo(images: int | None = None, fresh: bool = False, workspace: Path = Path(".")) -> dict:
     started = time.perf_counter()
+    ensure_demo_data(workspace, images=images, fresh=fresh)
+    repro("evaluate", workspace)
+    summary = describe_outputs(workspace)
+    print(f"[demo] finished in {time.perf_counter() - started:.0f} s", flush=True)
+    return summary
+
+
+def repro(target: str, workspace: Path = Path(".")) -> None:
+    """`dvc repro <target>` in the workspace with this interpreter first on PATH."""
+    print(f"[demo] dvc repro {target}", flush=True)
+    code = subprocess.call([sys.executable, "-m", "dvc", "repro", target], cwd=workspace, env=stage_env())
+    if code != 0:
+        raise UserError(f"`dvc repro {target}` failed with exit code {code}; the stage's error is printed above")
+
+
+def ensure_demo_data(workspace: Path = Path("."), images: int | None = None, fresh: bool = False) -> None:
+    """Generate the demo data set (synth.*) when data.root is the demo folder and holds none yet."""
     params = load_params(Workspace.at(workspace).params_file)
     data_root = workspace / params.data.root
     synth_out = workspace / params.synth.out
@@ -45,13 +64,17 @@ def run_demo(images: int | None = None, fresh: bool = False, workspace: Path = P
         print(f"[demo] generating {count} {params.synth.format} images into {synth_out} (seed {params.synth.seed})",
               flush=True)
         generate(synth_out, images=count, seed=params.synth.seed, fmt=params.synth.format)
-    print("[demo] dvc repro", flush=True)
-    code = subprocess.call([sys.executable, "-m", "dvc", "repro"], cwd=workspace, env=stage_env())
-    if code != 0:
-        raise UserError(f"`dvc repro` failed with exit code {code}; the stage's error is printed above")
-    summary = describe_outputs(workspace)
-    print(f"[demo] finished in {time.perf_counter() - started:.0f} s", flush=True)
-    return summary
+
+
+def run_compare(workspace: Path = Path(".")) -> str:
+    """`ctxemo compare`: every compare.models entry trained and evaluated (DVC reruns only stale
+    branches), the demo data generated first when it is missing; returns the table."""
+    started = time.perf_counter()
+    ensure_demo_data(workspace)
+    repro("compare_report", workspace)
+    table = Workspace.at(workspace).compare_table
+    print(f"[compare] finished in {time.perf_counter() - started:.0f} s; table: {table}", flush=True)
+    return table.read_text()
 
 
 def describe_outputs(workspace: Path) -> dict:

@@ -41,9 +41,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -55,7 +56,7 @@ from core.workspace import Workspace
 
 # Settings the stage subprocesses must share with the flow run. Secrets are never forwarded.
 FORWARDED_PREFIXES = ("MLFLOW_", "CTXEMO_", "DVC_", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
-SENSITIVE_ENV_NAME = re.compile(r"SENSITIVE_ENV_NAME|PASSWORD|TOKEN|ACCESS_KEY|PRIVATE|CREDENTIAL", re.I)
+SENSITIVE_ENV_NAME = re.compile(r"SENSITIVE_ENV_NAME|PASSWORD|TOKEN|ACCESS_KEY|PRIVATE|CREDENTIAL", re.IGNORECASE)
 OUTPUT_TAIL_LINES = 40
 
 
@@ -318,7 +319,7 @@ def retrain(workspace: str = ".", pull: bool = False, push: bool = False, promot
     params = load_params(Workspace.at(ws).params_file)
     forwarded = forwarded_environment(ws)
     tracking_uri = forwarded["MLFLOW_TRACKING_URI"]
-    name = params.registry.model_name
+    name = params.registry.name_for(params.model.name)
     steps = {step: _step(base, step, retry_backoff_seconds) for step, base in (
         ("dvc-pull", dvc_step), ("reproduce", dvc_step), ("evaluate", dvc_step), ("register", register_step),
         ("promote", promote_step), ("dvc-push", dvc_step))}

@@ -13,7 +13,9 @@ Every number is computed the way training computed it, by the same code:
   Boxes: with `objects.boxes: detector` the stage's own detector; with dataset boxes (the demo) the
   data set's boxes file for images under `data.root`, else the COCO Faster R-CNN when its weights
   are available, else none (the model then sees no objects, and the output says so);
-- body crop: `core.data.dataset.body_tensor` on the image decoded by `open_rgb`;
+- the model's pixel views (body, face, image, masked images...): `core.data.dataset.view_tensor` on
+  the image decoded by `open_rgb`; face boxes from the detect stage's detector (`detect` params the
+  model was trained with), else the documented fallback, said per person in the output;
 - scores: `core.inference.predict_loader`, the evaluation stage's scoring loop.
 Scores are the model's raw outputs, as in reports/metrics.json; a multi-label class is predicted
 when its score reaches the per-class threshold chosen on val by the evaluation stage.
@@ -23,9 +25,10 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -154,6 +157,8 @@ class PersonPrediction:
     scores: np.ndarray                    # [C] raw model outputs (what evaluation scores)
     predicted: list[str] | None           # None: no thresholds known for a multi-label model
     top_objects: list[dict[str, Any]] = field(default_factory=list)
+    face: dict[str, Any] | None = None    # models reading a face view: its box and where it came from
+    vad: list[float] | None = None        # models predicting valence, arousal, dominance
 
     def as_dict(self, classes: list[str], thresholds: np.ndarray | None, task: str) -> dict[str, Any]:
         order = np.argsort(-self.scores, kind="stable")
@@ -171,7 +176,7 @@ class PersonPrediction:
                 entry["probability"] = float(probabilities[i])
         return {"box": [round(float(v), 2) for v in self.box], "box_source": self.box_source,
                 "detection_score": self.detection_score, "predicted": self.predicted, "emotions": emotions,
-                "top_objects": self.top_objects}
+                "top_objects": self.top_objects, "face": self.face, "vad": self.vad}
 
 
 @dataclass
@@ -202,10 +207,13 @@ class Predictor:
         cfg = from_dict(ObjectsConfig, params["objects"])
         data_root = Path(params["data"]["root"])
         data_root = data_root if data_root.is_absolute() else Path(workspace) / data_root
-        self.objects = ObjectFeatureExtractor(cfg, int(params["seed"]), loaded.objects_meta,
-                                              data_root=data_root if data_root.is_dir() else None)
+        self.objects = None  # only models reading the objects view need the extractor
+        if "objects" in package.model.views:
+            self.objects = ObjectFeatureExtractor(cfg, int(params["seed"]), loaded.objects_meta,
+                                                  data_root=data_root if data_root.is_dir() else None)
         self.people_weights = cfg.weights if cfg.boxes == "detector" else None
         self.people_score_threshold = people_score_threshold
+        self._face_detector = None
 
     def find_people(self, rgb: np.ndarray) -> tuple[list[list[float]], list[float | None], str]:
         from core.detection.people import find_people
@@ -217,7 +225,7 @@ class Predictor:
                 dataset_boxes=None) -> ImagePrediction:
         import torch
 
-        from core.data.dataset import body_tensor, open_rgb
+        from core.data.dataset import FACE_VIEWS, open_rgb, view_tensor
         from core.data.images import load_rgb
         from core.inference import predict_loader
 
@@ -231,35 +239,58 @@ class Predictor:
             return ImagePrediction(str(image), [], people_source, "not needed: nobody found")
         # float32 like the manifest's person_box, so crops and geometry round exactly as in training
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).tolist()
-        context = self.objects.extract(rgb, boxes, image_path=image, dataset_boxes=dataset_boxes)
-        package = self.loaded.package
-        pil = open_rgb(image)
-        limit = package.max_objects
-        top_n = self.objects.top_n
-        # The item PersonDataset.__getitem__ builds, from the same pieces (stored float16 features,
-        # float32 boxes, the first `count` objects valid, max_objects applied last).
-        mask = np.stack([np.arange(top_n) < p.count for p in context.people])
-        feats = np.stack([p.features for p in context.people]).astype(np.float16)
-        obj_boxes = np.stack([p.boxes for p in context.people]).astype(np.float32)
-        if limit is not None:
-            feats, obj_boxes, mask = feats[:, :limit], obj_boxes[:, :limit], mask[:, :limit]
-        batch = {
-            "body": torch.stack([body_tensor(pil, box, package.input_size) for box in boxes]),
-            "obj_feats": torch.from_numpy(feats),
-            "obj_boxes": torch.from_numpy(obj_boxes),
-            "obj_mask": torch.from_numpy(mask),
-            "person_box": torch.tensor(np.asarray(boxes, dtype=np.float32)),
-            "index": torch.arange(len(boxes)),
-        }
-        _, scores, attention = predict_loader(package.model, [batch], with_attention=True)
+        model = self.loaded.package.model
+        # The item PersonDataset.__getitem__ builds, from the same pieces (core/data/dataset.py).
+        batch: dict[str, Any] = {"index": torch.arange(len(boxes))}
+        context, objects_source = None, "not read by this model"
+        if "objects" in model.views:
+            context = self.objects.extract(rgb, boxes, image_path=image, dataset_boxes=dataset_boxes)
+            objects_source = context.source
+            top_n = self.objects.top_n
+            batch.update({  # stored float16 features, float32 boxes, the first `count` objects valid
+                "obj_feats": torch.from_numpy(np.stack([p.features for p in context.people]).astype(np.float16)),
+                "obj_boxes": torch.from_numpy(np.stack([p.boxes for p in context.people]).astype(np.float32)),
+                "obj_mask": torch.from_numpy(np.stack([np.arange(top_n) < p.count for p in context.people])),
+                "person_box": torch.tensor(np.asarray(boxes, dtype=np.float32)),
+            })
+        pixels = np.asarray(open_rgb(image))
+        pixel_views = [name for name in model.views if name != "objects"]
+        faces = self._faces(pixels, boxes) if FACE_VIEWS & set(pixel_views) else [None] * len(boxes)
+        for name in pixel_views:
+            batch[name] = torch.stack([
+                view_tensor(name, pixels, model.view_specs[name], body_box=box,
+                            face_box=None if faces[i] is None else faces[i]["box"], people_boxes=boxes)
+                for i, box in enumerate(boxes)])
+        _, scores, attention, continuous = predict_loader(model, [batch], with_attention=True, with_continuous=True)
         people = []
         for i, box in enumerate(boxes):
+            top = ([] if context is None or attention is None else
+                   _top_objects(context, i, attention[i], attention.shape[-1]))
             people.append(PersonPrediction(
                 box=list(box), box_source=people_source, detection_score=detection_scores[i], scores=scores[i],
-                predicted=self._predicted(scores[i]),
-                top_objects=_top_objects(context, i, None if attention is None else attention[i], obj_boxes.shape[1]),
+                predicted=self._predicted(scores[i]), top_objects=top, face=faces[i],
+                vad=None if continuous is None else [round(float(v), 3) for v in continuous[i]],
             ))
-        return ImagePrediction(str(image), people, people_source, context.source)
+        return ImagePrediction(str(image), people, people_source, objects_source)
+
+    def _faces(self, pixels: np.ndarray, boxes: list[list[float]]) -> list[dict[str, Any]]:
+        """Each person's face box, as the detect stage finds it, else the documented fallback."""
+        from core.data.views import face_box_or_fallback
+        from core.detection.faces import WHOLE_FRAME_DATASETS, build_face_detector, faces_for_people
+        from core.params import DetectConfig
+        from models.config import from_dict
+
+        params = self.loaded.package.params
+        if self._face_detector is None:
+            self._face_detector = build_face_detector(from_dict(DetectConfig, params["detect"]))
+        whole_frame = params["data"]["kind"] in WHOLE_FRAME_DATASETS
+        found = faces_for_people(pixels, boxes, self._face_detector, whole_frame=whole_frame)
+        out = []
+        for result, box in zip(found, boxes):
+            face, fallback = face_box_or_fallback(result.face_box, box)
+            out.append({"box": [round(v, 2) for v in face],
+                        "source": "fallback: no face found, top of the person box" if fallback else "detected"})
+        return out
 
     def _predicted(self, scores: np.ndarray) -> list[str] | None:
         package = self.loaded.package

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     apply_embedded_defaults()
     try:
         params = load_params()
-        results = run(Workspace.at(data_root=params.data.root), batch_size=params.train.batch_size)
+        results = run(Workspace.at(data_root=params.data.root), batch_size=params.for_model().train.batch_size)
     except (UserError, ConfigError) as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2

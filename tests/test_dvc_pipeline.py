@@ -1,13 +1,17 @@
 """The DVC graph: stages, dependencies and params as dvc.yaml declares them, and real repro.
 
 The repro test runs the real dvc.yaml on a copy of the project with tiny params: every
-stage runs once, a second `dvc repro` does nothing, and a model hyperparameter change
-makes train (and through its output, evaluate) stale and nothing upstream.
+stage runs once, a second `dvc repro` does nothing, and a hyperparameter change of the
+trained model (model.rrla) makes train (and through its output, evaluate) and that model's
+compare branch stale and nothing upstream; a change of another model's section only its
+compare branch.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +24,38 @@ from support import REPO  # noqa: E402
 from core.params import read_yaml
 
 PIPELINE = ["ingest", "detect", "objects", "cooccurrence", "embeddings", "train", "evaluate"]
+INTERPOLATION = re.compile(r"\$\{([^}]+)\}")
+
+
+def _lookup(tree, dotted: str):
+    node = tree
+    for part in dotted.split("."):
+        assert isinstance(node, dict) and part in node, f"${{{dotted}}}: {part!r} is not in params.yaml"
+        node = node[part]
+    return node
+
+
+def _resolve(text: str, params: dict, item: dict) -> str:
+    """dvc.yaml's ${...}: a params.yaml value, or ${item.<key>} of a matrix stage."""
+    def value(match):
+        key = match.group(1)
+        return str(item[key[len("item."):]] if key.startswith("item.") else _lookup(params, key))
+
+    return INTERPOLATION.sub(value, text)
+
+
+def expanded_stages(spec: dict, params: dict):
+    """(name as DVC names it, stage name in dvc.yaml, stage, matrix item) for every stage DVC runs."""
+    for name, stage in spec["stages"].items():
+        matrix = stage.get("matrix")
+        if matrix is None:
+            yield name, name, stage, {}
+            continue
+        axes = {key: _lookup(params, values[2:-1]) if isinstance(values, str) else values
+                for key, values in matrix.items()}
+        for combo in itertools.product(*axes.values()):
+            item = dict(zip(axes, combo))
+            yield f"{name}@{'-'.join(map(str, combo))}", name, stage, item
 
 
 def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -39,25 +75,38 @@ def test_dvc_dag_has_every_stage_in_order():
     edges = dvc("dag", "--dot", cwd=REPO).stdout
     for upstream, downstream in [("ingest", "objects"), ("ingest", "detect"), ("ingest", "cooccurrence"),
                                  ("ingest", "embeddings"), ("objects", "train"), ("cooccurrence", "train"),
-                                 ("embeddings", "train"), ("train", "evaluate")]:
+                                 ("embeddings", "train"), ("detect", "train"), ("train", "evaluate")]:
         assert f'"{upstream}" -> "{downstream}"' in edges, (upstream, downstream)
+    # the comparison: one branch per compare.models entry, each fed by the data stages
+    for model in read_yaml(REPO / "params.yaml")["compare"]["models"]:
+        for upstream in ("objects", "detect", "cooccurrence", "embeddings"):
+            assert f'"{upstream}" -> "compare@{model}"' in edges, (upstream, model)
+        assert f'"compare@{model}" -> "compare_report"' in edges, model
 
 
 def test_every_declared_dependency_and_param_exists():
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
     params = read_yaml(REPO / "params.yaml")
-    for name, stage in spec["stages"].items():
-        assert stage["cmd"] == f"python -m stages.{name}"
+    names = []
+    for name, base, stage, item in expanded_stages(spec, params):
+        names.append(name)
+        assert _resolve(stage["cmd"], params, item) == " ".join([f"python -m stages.{base}", *map(str, item.values())])
         for dep in stage["deps"]:
+            dep = _resolve(dep, params, item)
             if dep.startswith(("stages/", "core/", "models")):
                 assert (REPO / dep).exists(), f"{name}: {dep} does not exist"
         for key in stage.get("params", []):
-            node = params
-            for part in key.split("."):
-                assert part in node, f"{name}: params key {key} is not in params.yaml"
-                node = node[part]
+            _lookup(params, _resolve(key, params, item))
+    assert [f"compare@{m}" for m in params["compare"]["models"]] == [n for n in names if n.startswith("compare@")]
+    # train and each compare branch read only their own model's section (plus model.name for train)
+    train_params = [_resolve(k, params, {}) for k in spec["stages"]["train"]["params"]]
+    assert f"model.{params['model']['name']}" in train_params and "model" not in train_params
+    for model in params["compare"]["models"]:
+        branch = [_resolve(k, params, {"model": model}) for k in spec["stages"]["compare"]["params"]]
+        assert f"model.{model}" in branch and not [k for k in branch if k.startswith("model.") and k != f"model.{model}"]
     # code a stage imports is a dependency of that stage
     assert "models" in spec["stages"]["train"]["deps"] and "core/evaluation" in spec["stages"]["evaluate"]["deps"]
+    assert "models" in spec["stages"]["compare"]["deps"] and "core/data/person_inputs.py" in spec["stages"]["train"]["deps"]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +142,8 @@ def test_repro_runs_everything_then_nothing_and_a_model_change_touches_only_trai
         first = dvc("repro", cwd=root)
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
-    for stage in PIPELINE:
+    models = yaml.safe_load((root / "params.yaml").read_text())["compare"]["models"]
+    for stage in [*PIPELINE, *(f"compare@{m}" for m in models), "compare_report"]:
         assert f"Running stage '{stage}'" in first.stdout, stage
     metrics = json.loads((root / "reports/metrics.json").read_text())
     assert 0.0 <= metrics["mAP"] <= 1.0 and metrics["task"] == "multilabel"
@@ -104,11 +154,23 @@ def test_repro_runs_everything_then_nothing_and_a_model_change_touches_only_trai
     assert "up to date" in second.stdout
 
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["model"]["boa"]["heads"] = 4
+    assert params["model"]["name"] == "rrla"
+    heads = params["model"]["rrla"]["boa"]["heads"]
+    assert heads != 4
+    params["model"]["rrla"]["boa"]["heads"] = 4
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stale = json.loads(dvc("status", "--json", cwd=root).stdout)
-    # only train's own params changed; evaluate then reruns because its dep artifacts/model does
-    assert set(stale) == {"train"}
-    # train depends on the whole `model` section, so DVC names the section, not the key
-    assert stale["train"] == [{"changed deps": {"params.yaml": {"model": "modified"}}}]
+    # only the params of the trained model (and its compare branch) changed; evaluate then reruns
+    # because its dep artifacts/model does
+    assert set(stale) == {"train", "compare@rrla"}
+    # train depends on the whole `model.rrla` section, so DVC names the section, not the key
+    assert stale["train"] == [{"changed deps": {"params.yaml": {"model.rrla": "modified"}}}]
+    assert stale["compare@rrla"] == [{"changed deps": {"params.yaml": {"model.rrla": "modified"}}}]
     assert "artifacts/model" in yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["evaluate"]["deps"]
+
+    # another model's section is read by its compare branch only (the locked rrla value restored)
+    params["model"]["rrla"]["boa"]["heads"] = heads
+    params["model"]["kosti"]["fusion_dim"] = params["model"]["kosti"]["fusion_dim"] + 8
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stale = json.loads(dvc("status", "--json", cwd=root).stdout)
+    assert stale == {"compare@kosti": [{"changed deps": {"params.yaml": {"model.kosti": "modified"}}}]}

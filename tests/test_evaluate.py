@@ -65,15 +65,16 @@ def test_evaluate_stage_on_a_trained_tiny_model(tiny_workspace, ray_local, tmp_p
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["mAP"] == pytest.approx(results["mAP"]) and written["task"] == "multilabel"
     # the DVC metrics file is the short table; per-class figures live beside it
-    assert set(written) == {"task", "dataset", "num_examples", "mAP", "baseline_mAP", "val_mAP", "c_f1", "o_f1",
-                            "jaccard"}
+    assert set(written) == {"task", "dataset", "model", "num_examples", "mAP", "baseline_mAP", "val_mAP", "c_f1",
+                            "o_f1", "jaccard"}
+    assert written["model"] == "rrla"
     details = json.loads((tmp_path / "metrics_per_class.json").read_text())
     assert set(details["per_class"]) == set(load_model_package(paths.model_dir).classes)
     assert details["mAP"] == written["mAP"]
 
     # the numbers are those of the scoring path recomputed independently
     package = load_model_package(paths.model_dir)
-    (val_y, val_s), (test_y, test_s) = (evaluate.score_split(package, eval_paths, s, 3) for s in ("val", "test"))
+    (val_y, val_s), (test_y, test_s) = (evaluate.score_split(package, eval_paths, s, 3)[:2] for s in ("val", "test"))
     present = test_y.sum(axis=0) > 0
     expected = np.mean([average_precision_score(test_y[:, c], test_s[:, c]) for c in np.flatnonzero(present)])
     assert written["mAP"] == pytest.approx(expected)

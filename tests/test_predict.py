@@ -37,6 +37,7 @@ def champion(tiny_workspace, ray_local, tmp_path_factory):
         run_dir = Path(paths.model_dir).parent
         eval_paths = layout = paths
         evaluate.run(eval_paths, batch_size=params.train.batch_size)
+        assert json.loads(Path(eval_paths.metrics_file).read_text())["model"] == params.model.name == "rrla"
         promoted = registry.register_and_promote(tiny_workspace.root, MODEL_NAME, 0.005, layout=layout)
         assert promoted.decision.applied
         yield {"uri": f"models:/{MODEL_NAME}@champion", "artifacts": run_dir, "eval_paths": eval_paths,
@@ -49,7 +50,8 @@ def reference(champion):
     from core.inference import load_model_package
 
     package = load_model_package(champion["artifacts"] / "model", champion["artifacts"] / "thresholds.json")
-    _, scores = evaluate.score_split(package, champion["eval_paths"], "test", batch_size=1)
+    assert package.model_name == "rrla"
+    scores = evaluate.score_split(package, champion["eval_paths"], "test", batch_size=1).scores
     manifest = read_manifest("test", champion["eval_paths"].manifest_dir)
     return package, manifest, scores
 
@@ -88,13 +90,12 @@ def test_a_local_artifacts_folder_gives_the_same_predictions_as_the_registry(cha
 def test_the_top_objects_are_the_ones_boa_attends_to_most(champion, reference, predictor):
     from torch.utils.data import DataLoader
 
-    from core.data.dataset import PersonDataset
+    from core.data.person_inputs import split_dataset
     from core.inference import predict_loader
 
     package, manifest, _ = reference
     paths = champion["eval_paths"]
-    dataset = PersonDataset(manifest, paths.data_root, paths.objects_dir / "test", num_classes=len(package.classes),
-                            task=package.task, input_size=package.input_size, max_objects=package.max_objects)
+    dataset = split_dataset(package.model, "test", paths, kind=package.params["data"]["kind"], manifest=manifest)
     _, _, attention = predict_loader(package.model, DataLoader(dataset, batch_size=1), with_attention=True)
     counts = np.load(paths.objects_dir / "test" / "counts.npy")[dataset.object_rows]
     i = int(np.argmax(counts))  # the person with the most objects
@@ -147,6 +148,7 @@ def test_predict_command_prints_json_and_draws_the_annotated_image(champion, ref
     assert [by_label[c] for c in reference[0].classes] == pytest.approx(scores[1].tolist(), rel=1e-6)
     assert [e["score"] for e in person["emotions"]] == sorted(by_label.values(), reverse=True)
     assert result["model_version"] == champion["version"] and result["people_source"] == "given"
+    assert person["face"] is None and person["vad"] is None  # rrla on EMOTIC reads no face, predicts no VAD
 
     drawn = np.asarray(Image.open(out).convert("RGB"))
     original = np.asarray(Image.open(image).convert("RGB"))

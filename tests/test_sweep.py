@@ -16,12 +16,13 @@ from core.params import apply_overrides, params_from_dict
 from core.training import body_cache
 from pipelines import sweep
 
-PAPER_PATHS = {"model.boa.heads", "model.eld.p", "model.eld.t", "model.boa.dim", "model.boa.max_objects", "train.lr"}
+PAPER_PATHS = {"model.rrla.boa.heads", "model.rrla.eld.p", "model.rrla.eld.t", "model.rrla.boa.dim",
+               "model.rrla.boa.max_objects", "train.lr"}
 # The paper's space at tiny sizes: heads x 2048 x 2048 weights would make 32-head trials slow.
 TINY_SPACE = {
-    "model.boa.heads": {"choice": [1, 2, 4]}, "model.eld.p": {"uniform": [0.0, 1.0]},
-    "model.eld.t": {"uniform": [0.05, 0.5]}, "model.boa.dim": {"choice": [8, 16]},
-    "model.boa.max_objects": {"choice": [2, 4]}, "train.lr": {"loguniform": [0.001, 0.1]},
+    "model.rrla.boa.heads": {"choice": [1, 2, 4]}, "model.rrla.eld.p": {"uniform": [0.0, 1.0]},
+    "model.rrla.eld.t": {"uniform": [0.05, 0.5]}, "model.rrla.boa.dim": {"choice": [8, 16]},
+    "model.rrla.boa.max_objects": {"choice": [2, 4]}, "train.lr": {"loguniform": [0.001, 0.1]},
 }
 
 
@@ -70,18 +71,23 @@ def test_space_from_params_yaml_is_exactly_the_papers_paths_each_a_typed_field(r
             assert isinstance(domain, Float) and (domain.lower, domain.upper) == tuple(args)
             assert type(domain.sampler).__name__ == ("_LogUniform" if kind == "loguniform" else "_Uniform")
     # no default is repeated in the space: the defaults still live in their own sections
-    assert repo_params_dict["model"]["boa"]["heads"] == params.model.boa.heads
+    assert repo_params_dict["model"]["rrla"]["boa"]["heads"] == params.model.rrla.boa.heads
 
 
 @pytest.mark.parametrize("path, spec, message", [
-    ("model.boa.headz", {"choice": [4]}, "model.boa has no 'headz'"),
-    ("model.boa", {"choice": [4]}, "whole section"),
-    ("objects.top_n", {"choice": [10, 50]}, "model.boa.max_objects"),
-    ("model.backbone.input_size", {"choice": [112, 224]}, "cached body maps"),
+    ("model.rrla.boa.headz", {"choice": [4]}, r"model\.rrla\.boa has no 'headz'"),
+    ("model.rrla.boa", {"choice": [4]}, "whole section"),
+    ("model.rrla", {"choice": [4]}, "whole section"),
+    ("model.boa.heads", {"choice": [4]}, r"'model\.boa\.heads'.*model\.rrla\.\*"),  # the pre-family path
+    ("model.kosti.fusion_dim", {"choice": [8, 16]}, r"not a setting of the model the sweep trains \(model\.name: rrla\)"),
+    ("objects.top_n", {"choice": [10, 50]}, r"model\.rrla\.boa\.max_objects"),
+    ("model.rrla.views.body.size", {"choice": [112, 224]}, "cached body maps"),
+    ("model.rrla.backbone.name", {"choice": ["resnet18", "resnet50"]}, "cached body maps"),
+    ("model.rrla.person_view", {"choice": ["body", "face"]}, "cached body maps"),
     ("train.epochs", {"choice": [2, 4]}, "tune.max_epochs"),
-    ("model.eld.p", {"normal": [0, 1]}, "unknown distribution 'normal'"),
+    ("model.rrla.eld.p", {"normal": [0, 1]}, "unknown distribution 'normal'"),
     ("train.lr", {"loguniform": [0.0, 0.1]}, "low > 0"),
-    ("model.eld.t", {"uniform": [0.5, 0.1]}, "low < high"),
+    ("model.rrla.eld.t", {"uniform": [0.5, 0.1]}, "low < high"),
 ])
 def test_space_errors_name_the_bad_entry(repo_params_dict, path, spec, message):
     data = copy.deepcopy(repo_params_dict)
@@ -90,9 +96,35 @@ def test_space_errors_name_the_bad_entry(repo_params_dict, path, spec, message):
         sweep.build_space(params_from_dict(data))
 
 
+def test_a_view_size_is_searchable_when_the_backbone_is_not_frozen(repo_params_dict):
+    # the crop size (model.rrla.views.body.size, formerly model.backbone.input_size) changes the cached
+    # maps only: without tune.frozen_backbone it is a params path like any other
+    data = copy.deepcopy(repo_params_dict)
+    data["tune"]["frozen_backbone"] = False
+    data["tune"]["space"] = {"model.rrla.views.body.size": {"choice": [112, 224]}}
+    space = sweep.build_space(params_from_dict(data))
+    assert list(space) == ["model.rrla.views.body.size"] and list(space["model.rrla.views.body.size"].categories) == [
+        112, 224]
+    data["tune"]["space"] = {"model.rrla.views.body.sise": {"choice": [112, 224]}}
+    with pytest.raises(UserError, match="is not a params path"):
+        sweep.build_space(params_from_dict(data))
+
+
+def test_a_train_value_the_model_sets_itself_is_refused(repo_params_dict):
+    # model.kosti.train sets lr, which wins over the train section: searching train.lr would change nothing
+    data = copy.deepcopy(repo_params_dict)
+    data["model"]["name"] = "kosti"
+    assert "lr" in data["model"]["kosti"]["train"]
+    data["tune"]["space"] = {"train.lr": {"loguniform": [0.001, 0.1]}}
+    with pytest.raises(UserError, match=r"'train\.lr' is set by model\.kosti\.train"):
+        sweep.build_space(params_from_dict(data))
+    data["tune"]["space"] = {"train.weight_decay": {"loguniform": [1e-5, 1e-3]}}  # not one of kosti's
+    assert set(sweep.build_space(params_from_dict(data))) == {"train.weight_decay"}
+
+
 def test_object_counts_beyond_the_stored_top_n_are_refused(tiny_workspace):
     data = _tiny_sweep_params(tiny_workspace)
-    data["tune"]["space"]["model.boa.max_objects"] = {"choice": [2, 10]}  # the tiny store keeps 4
+    data["tune"]["space"]["model.rrla.boa.max_objects"] = {"choice": [2, 10]}  # the tiny store keeps 4
     with pytest.raises(UserError, match=r"offers \[10\] but the objects stage stored only 4"):
         sweep.check_object_prefix(params_from_dict(data), tiny_workspace.data / "objects")
 
@@ -140,23 +172,24 @@ def test_cached_body_maps_equal_the_trial_models_backbone_on_the_crop(tiny_works
     model = loop.model.eval()
     row = 1
     crop = body_tensor(open_rgb(paths.data_root / manifest["image_path"][row]), manifest["person_box"][row],
-                       params.model.backbone.input_size)
+                       params.model.rrla.views["body"].size)
     with torch.no_grad():
         direct = model.backbone(crop[None])[0].numpy()
     np.testing.assert_allclose(cached[row], direct, rtol=1e-5, atol=1e-5)
 
     # feature-map mode gives the same scores as running the backbone on the crop
     item = loop.val_set[row]
+    assert model.person_view == "body"
     assert torch.equal(item["body"], torch.from_numpy(np.array(cached[row])))
-    objects = tuple(item[k][None] for k in ("obj_feats", "obj_boxes", "obj_mask", "person_box"))
+    objects = {k: item[k][None] for k in ("obj_feats", "obj_boxes", "obj_mask", "person_box")}
     with torch.no_grad():
-        from_map = model(item["body"][None], *objects).logits
+        from_map = model({"body": item["body"][None], **objects}).logits
         model.set_body_input("image")
-        from_crop = model(crop[None], *objects).logits
+        from_crop = model({"body": crop[None], **objects}).logits
         model.set_body_input("feature_map")
     torch.testing.assert_close(from_map, from_crop, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match=r"backbone map \[B,512,h,w\]"):
-        model(crop[None], *objects)  # a crop where a map is expected is refused, not misread
+        model({"body": crop[None], **objects})  # a crop where a map is expected is refused, not misread
 
     # the backbone is frozen: not optimised, unchanged by an epoch, while BPA learns
     backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
@@ -168,13 +201,18 @@ def test_cached_body_maps_equal_the_trial_models_backbone_on_the_crop(tiny_works
     assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in backbone_before.items())
     assert any(not torch.equal(v, model.bpa.state_dict()[k]) for k, v in bpa_before.items())
 
-    # same inputs: reused; a different input size: a different folder
+    # same inputs: reused; a different view size or normalisation: a different folder
     again = body_cache.run(params, paths, cache_root=tmp_path / "cache", dtype="float32", log=lambda _: None)
     assert again["reused"] == ["train", "val"] and again["built"] == [] and again["dir"] == summary["dir"]
-    bigger = params_from_dict(apply_overrides(tiny_workspace.params_dict, {"model.backbone.input_size": 64}))
-    other = body_cache.fingerprint(body_cache.fingerprint_inputs(bigger, paths.manifest_dir, paths.data_root,
-                                                                  "float32"))
-    assert other != summary["fingerprint"]
+    for change in ({"model.rrla.views.body.size": 64}, {"model.rrla.views.body.norm": "unit"}):
+        changed = params_from_dict(apply_overrides(tiny_workspace.params_dict, change))
+        other = body_cache.fingerprint(body_cache.fingerprint_inputs(changed, paths.manifest_dir, paths.data_root,
+                                                                      "float32"))
+        assert other != summary["fingerprint"], change
+    # the face view's settings are not the cached view's on EMOTIC: the same folder
+    face = params_from_dict(apply_overrides(tiny_workspace.params_dict, {"model.rrla.views.face.size": 64}))
+    assert body_cache.fingerprint(body_cache.fingerprint_inputs(face, paths.manifest_dir, paths.data_root,
+                                                                "float32")) == summary["fingerprint"]
 
     # the default float16 store holds the same maps to half precision
     half = body_cache.run(params, paths, cache_root=tmp_path / "cache", splits=("val",), log=lambda _: None)
@@ -216,9 +254,9 @@ def test_four_trial_asha_sweep_tracks_children_survives_a_crash_and_writes_adopt
     best = yaml.safe_load((tmp_path / "reports" / "best_params.yaml").read_text())
     flat = _flatten(best)
     assert set(flat) == PAPER_PATHS and flat == {p: winner[p] for p in PAPER_PATHS}
-    assert isinstance(flat["model.boa.heads"], int) and isinstance(flat["model.eld.p"], float)
+    assert isinstance(flat["model.rrla.boa.heads"], int) and isinstance(flat["model.rrla.eld.p"], float)
     adopted = params_from_dict(apply_overrides(repo_params_dict, flat))
-    assert adopted.model.boa.heads == winner["model.boa.heads"] and adopted.train.lr == winner["train.lr"]
+    assert adopted.model.rrla.boa.heads == winner["model.rrla.boa.heads"] and adopted.train.lr == winner["train.lr"]
     assert result["adopt"].startswith("dvc exp run -S ") and result["adopt"].count(" -S ") == len(PAPER_PATHS)
 
     table = json.loads((tmp_path / "reports" / "sweep.json").read_text())
@@ -312,12 +350,37 @@ def test_the_paper_column_reads_configs_paper_emotic_yaml(tmp_path):
 
     from pipelines.sweep.reports import paper_values
 
-    paths = ["model.boa.heads", "model.eld.p", "model.boa.max_objects", "train.lr", "model.boa.geometry_dim"]
+    paths = ["model.rrla.boa.heads", "model.rrla.eld.p", "model.rrla.boa.max_objects", "train.lr",
+             "model.rrla.boa.geometry_dim"]
     paper = yaml.safe_load((REPO / "configs" / "paper-emotic.yaml").read_text())
-    expected = {"model.boa.heads": paper["model"]["boa"]["heads"], "model.eld.p": paper["model"]["eld"]["p"],
-                "model.boa.max_objects": paper["objects"]["top_n"], "train.lr": paper["train"]["lr"]}
-    assert paper_values(paths) == expected == {"model.boa.heads": 16, "model.eld.p": 0.2,
-                                               "model.boa.max_objects": 50, "train.lr": 0.01}
+    rrla = paper["model"]["rrla"]
+    expected = {"model.rrla.boa.heads": rrla["boa"]["heads"], "model.rrla.eld.p": rrla["eld"]["p"],
+                "model.rrla.boa.max_objects": paper["objects"]["top_n"], "train.lr": paper["train"]["lr"]}
+    assert paper_values(paths) == expected == {"model.rrla.boa.heads": 16, "model.rrla.eld.p": 0.2,
+                                               "model.rrla.boa.max_objects": 50, "train.lr": 0.01}
     other = tmp_path / "other.yaml"
-    other.write_text("model: {boa: {heads: 4, max_objects: 7}}\n")
-    assert paper_values(paths, other) == {"model.boa.heads": 4, "model.boa.max_objects": 7}
+    other.write_text("model: {rrla: {boa: {heads: 4, max_objects: 7}}}\n")
+    assert paper_values(paths, other) == {"model.rrla.boa.heads": 4, "model.rrla.boa.max_objects": 7}
+
+
+def test_a_sweep_trains_whichever_model_params_name(tiny_workspace, ray_local, tmp_path):
+    """model.name kosti: the trials train Kosti's two streams with its own train section."""
+    data = copy.deepcopy(tiny_workspace.params_dict)
+    data["model"]["name"] = "kosti"
+    space = {"model.kosti.dropout": {"uniform": [0.0, 0.5]}, "model.kosti.fusion_dim": {"choice": [8, 16]}}
+    data["tune"] = {**data["tune"], "space": space, "num_samples": 2, "max_epochs": 1, "grace_period": 1,
+                    "frozen_backbone": False}
+    result = sweep.run(data, tiny_workspace.train_paths("sweep-kosti"), report_dir=tmp_path / "reports",
+                       cache_root=tmp_path / "cache", log=lambda _: None, track=False)
+    rows = result["rows"]
+    assert len(rows) == 2 and all(r["status"] == "completed" and 0.0 <= r["best_val_metric"] <= 1.0 for r in rows)
+    assert {r["model.kosti.fusion_dim"] for r in rows} <= {8, 16}
+    best = yaml.safe_load((tmp_path / "reports" / "best_params.yaml").read_text())
+    assert set(_flatten(best)) == set(space)
+    adopted = params_from_dict(apply_overrides(data, _flatten(best)))
+    assert adopted.model.kosti.fusion_dim in (8, 16)
+    # the frozen-backbone fast path is the flagship's only
+    data["tune"]["frozen_backbone"] = True
+    with pytest.raises(UserError, match="only rrla has"):
+        sweep.run(data, tiny_workspace.train_paths("sweep-kosti-frozen"), report_dir=tmp_path / "r2",
+                  cache_root=tmp_path / "cache", log=lambda _: None, track=False)

@@ -50,11 +50,13 @@ def test_two_worker_ddp_run_trains_exports_and_tracks_in_mlflow(tiny_workspace, 
 
     package = torch.load(Path(paths.model_dir) / "model.pt", weights_only=False)
     assert package["task"] == "multilabel" and len(package["classes"]) == 26
+    assert package["spec"]["name"] == "rrla" and summary["model"] == "rrla"
     model = model_from_checkpoint(package["spec"], package["state_dict"])
 
     client = mlflow.MlflowClient(mlflow_store)
     run = client.get_run(summary["mlflow_run_id"])
-    assert run.data.params["model.boa.heads"] == "2" and run.data.params["train.num_workers"] == "2"
+    assert run.data.params["model.rrla.boa.heads"] == "2" and run.data.params["train.num_workers"] == "2"
+    assert run.data.params["model.name"] == "rrla"
     assert len(client.get_metric_history(run.info.run_id, "val_map")) == 2
     assert run.data.metrics["best_val_map"] == pytest.approx(summary["val_map"])
     assert run.data.tags["ctxemo.stage"] == "train"
@@ -62,11 +64,13 @@ def test_two_worker_ddp_run_trains_exports_and_tracks_in_mlflow(tiny_workspace, 
     # the logged model is loadable and is the exported best checkpoint
     logged = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model").eval()
     generator = torch.Generator().manual_seed(0)
-    inputs = (torch.randn(2, 3, 32, 32, generator=generator), torch.randn(2, 4, 2048, generator=generator),
-              torch.tensor([[[0, 0, 10, 10]] * 4] * 2, dtype=torch.float32), torch.ones(2, 4, dtype=torch.bool),
-              torch.tensor([[5.0, 5.0, 30.0, 40.0]] * 2))
+    inputs = {"body": torch.randn(2, 3, 32, 32, generator=generator),
+              "obj_feats": torch.randn(2, 4, 2048, generator=generator),
+              "obj_boxes": torch.tensor([[[0, 0, 10, 10]] * 4] * 2, dtype=torch.float32),
+              "obj_mask": torch.ones(2, 4, dtype=torch.bool),
+              "person_box": torch.tensor([[5.0, 5.0, 30.0, 40.0]] * 2)}
     with torch.no_grad():
-        assert torch.allclose(logged(*inputs).logits, model(*inputs).logits, atol=1e-6)
+        assert torch.allclose(logged(inputs).logits, model(inputs).logits, atol=1e-6)
 
 
 def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(tiny_workspace, ray_local):
@@ -128,15 +132,21 @@ def test_caers_single_label_trains_with_cross_entropy_and_evaluates_accuracy(tmp
     import tiny_pipeline
 
     from core.evaluation import evaluate
+    from models import model_from_checkpoint
 
     workspace = tiny_pipeline.build(tmp_path, fmt="caers")
     paths = workspace.train_paths("caers")
     summary = trainer.run(workspace.params, paths, track=False)
     assert summary["task"] == "multiclass" and 0.0 <= summary["val_accuracy"] <= 1.0
+    assert summary["model"] == "rrla"
     package = torch.load(Path(paths.model_dir) / "model.pt", weights_only=False)
     assert package["classes"] == ["Anger", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"]
     assert "classifier.weight" in package["state_dict"] and not any(k.startswith("eld.") for k in package["state_dict"])
+    # person_view auto: the paper's CAER-S input is the face
+    assert model_from_checkpoint(package["spec"], package["state_dict"]).views == ("face", "objects")
     results = evaluate.run(paths, batch_size=4)
+    assert results["model"] == "rrla"
+    assert 0 <= results["face_fallbacks"]["test"] <= results["num_examples"]
     matrix = np.asarray(results["confusion_matrix"])
     assert matrix.shape == (7, 7) and matrix.sum() == results["num_examples"]
     assert results["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
@@ -155,6 +165,10 @@ def test_frozen_backbone_trains_on_cached_maps_and_the_exported_model_agrees_on_
 
     caches = [p.parent for p in Path(paths.body_cache_root).glob("*/train.npy")]
     assert len(caches) == 1
+    fingerprint = json.loads((caches[0] / "fingerprint.json").read_text())
+    assert fingerprint["format"] == body_cache.FORMAT_VERSION == 2
+    assert fingerprint["view"]["name"] == "body" == body_cache.cached_view(params)[0]
+    assert fingerprint["view"]["size"] == params.model.rrla.views["body"].size == 32
     for split in ("train", "val"):
         maps = np.load(caches[0] / f"{split}.npy", mmap_mode="r")
         assert maps.dtype == np.float32 and maps.shape[1] == 512  # resnet18's C5 channels
@@ -168,8 +182,8 @@ def test_frozen_backbone_trains_on_cached_maps_and_the_exported_model_agrees_on_
 
     config = worker_config(params, paths)
     torch.manual_seed(params.seed)
-    fresh = build_model(params.model, num_classes=26, task="multilabel", cooccurrence=config["cooccurrence"],
-                        label_embeddings=config["label_embeddings"]).state_dict()
+    fresh = build_model(params.model.name, params.model.config, num_classes=26, task="multilabel",
+                        cooccurrence=config["cooccurrence"], label_embeddings=config["label_embeddings"]).state_dict()
     trained = [k for k in state if not k.startswith("backbone.") and state[k].is_floating_point()
                and k in fresh and state[k].shape == fresh[k].shape and not torch.equal(state[k], fresh[k])]
     assert any(k.startswith("boa.") for k in trained) and any(k.startswith("bpa.") for k in trained)

@@ -1,7 +1,7 @@
 """A tiny, real pipeline workspace for tests: generated data through every data stage.
 
 Built once per test session (about 20 s): synth -> ingest -> objects (dataset boxes,
-seeded random extractor) -> cooccurrence -> embeddings, with params.yaml shrunk so
+seeded random extractor) -> detect (faces) -> cooccurrence -> embeddings, with params.yaml shrunk so
 that a training epoch takes a second or two on one CPU.
 """
 from __future__ import annotations
@@ -19,20 +19,38 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
     "synth": {"images": 16},
     "objects": {"top_n": 4, "image_size": 96, "shard_size": 8, "batch_size": 4, "allow_random_weights": True},
     "model": {
-        "backbone": {"name": "resnet18", "pretrained": False, "weights": None, "input_size": 32},
-        "bpa": {"enabled": True, "hidden": 8},
-        "boa": {"enabled": True, "heads": 2, "dim": 16, "geometry": True, "geometry_dim": 16, "max_objects": None},
-        "eld": {"enabled": True, "t": 0.2, "p": 0.2, "hidden": 32, "scaled": True},
+        "rrla": {
+            "views": {"body": {"size": 32, "norm": "imagenet"}, "face": {"size": 32, "norm": "imagenet"}},
+            "backbone": {"name": "resnet18", "pretrained": False, "weights": None},
+            "bpa": {"enabled": True, "hidden": 8},
+            "boa": {"enabled": True, "heads": 2, "dim": 16, "geometry": True, "geometry_dim": 16,
+                    "max_objects": None},
+            "eld": {"enabled": True, "t": 0.2, "p": 0.2, "hidden": 32, "scaled": True},
+        },
+        "kosti": {"views": {"body": {"size": 32, "norm": "imagenet"}, "image": {"size": 32, "norm": "imagenet"}},
+                  "fusion_dim": 16, "train": {"batch_size": 8, "optimizer": "adamw", "lr": 0.001}},
+        "caernet": {"views": {"face": {"size": 32, "norm": "imagenet"},
+                              "image_face_masked": {"size": 32, "norm": "imagenet"}},
+                    "channels": [8, 8, 16, 16, 16], "attention_hidden": 8, "fusion_hidden": 8,
+                    "classifier_hidden": 8, "train": {"batch_size": 8, "optimizer": "sgd", "lr": 0.005}},
     },
     "train": {"epochs": 2, "batch_size": 8, "num_workers": 1, "loader_workers": 0, "use_gpu": False,
               "max_failures": 0},
 }
 
 
+def deep_update(base: dict[str, Any], values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and value:
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+
+
 def tiny_params_dict(root: Path, fmt: str = "emotic") -> dict[str, Any]:
     data = copy.deepcopy(read_yaml(REPO / "params.yaml"))
     for section, values in TINY_OVERRIDES.items():
-        data[section].update(copy.deepcopy(values))
+        deep_update(data[section], copy.deepcopy(values))
     annotations = "Annotations.mat" if fmt == "emotic" else "face_boxes.txt"
     data["data"].update({"kind": fmt, "root": str(root / "raw"), "annotations": annotations, "val_fraction": 0.2})
     data["synth"].update({"out": str(root / "raw"), "format": fmt, "images": 16 if fmt == "emotic" else 28})
@@ -65,6 +83,7 @@ class TinyWorkspace:
 
 def build(root: Path, fmt: str = "emotic") -> TinyWorkspace:
     from core.data import ingest
+    from core.detection import faces
     from core.features import objects
     from core.graph import cooccurrence, embeddings
     from core.synth import generate
@@ -76,6 +95,7 @@ def build(root: Path, fmt: str = "emotic") -> TinyWorkspace:
     ingest.run(params.data, params.seed, out_dir=data)
     objects.run(params, out_dir=data / "objects", manifest_dir=data / "manifest",
                 shard_root=root / "object_shards", engine="local", log=lambda _: None)
+    faces.run(params.detect, root / "raw", manifest_dir=data / "manifest", out_dir=data / "detections")
     cooccurrence.run(data / "manifest", data / "labels.json", data / "graph")
     embeddings.run(params.embeddings, data / "labels.json", data / "graph", seed=params.seed)
     return TinyWorkspace(root=root, params_dict=params_dict)

@@ -14,7 +14,7 @@ Every published context model reads some of the same few views of a target perso
 | `objects` | top-N object features and boxes (the objects stage) | rrla |
 
 This module builds the pixel views on an RGB array; the loader resizes and normalises each
-as the model's params say (`ViewSpec`). Boxes are [x1, y1, x2, y2] in pixels with x2, y2
+as the model's params say (`ViewSpec`, models/config.py). Boxes are [x1, y1, x2, y2] in pixels with x2, y2
 exclusive edges; `pixel_box` is the one rule that turns a float box into the pixels it covers
 (every pixel the box touches, clamped to the image), so a mask and a crop of the same box
 cover exactly the same pixels. Masks zero the box region, as the papers do.
@@ -27,25 +27,16 @@ so that the loader can count and report it; it is never silent.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from models.config import ViewSpec  # noqa: F401  (the loader's spec of a view; re-exported)
 
 PIXEL_VIEWS = ("body", "face", "image", "image_body_masked", "image_face_masked", "image_people_masked", "patches")
 VIEWS = (*PIXEL_VIEWS, "objects")
 
 Box = Sequence[float]
-
-
-@dataclass(frozen=True)
-class ViewSpec:
-    """How the loader turns a pixel view into a tensor: the model's params for that view."""
-
-    size: int                              # side of the square the view is resized to
-    mean: tuple[float, float, float]       # per-channel normalisation of values in [0, 1]
-    std: tuple[float, float, float]
-    grid: int | None = None                # patches only: N of the N x N grid
 
 
 def pixel_box(box: Box, width: int, height: int) -> tuple[int, int, int, int]:

@@ -17,8 +17,9 @@ the notes go to `details_file` (reports/metrics_per_class.json) and the plots.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -32,24 +33,40 @@ HEADLINE = {
 }
 
 
-def score_split(package, paths: Workspace, split: str, batch_size: int, loader_workers: int = 0):
-    """(targets, scores) of one split through the training Dataset and the trained model."""
+class SplitScores(NamedTuple):
+    targets: np.ndarray
+    scores: np.ndarray
+    continuous: np.ndarray | None   # [S,3] predicted VAD (models that predict it)
+    vad: np.ndarray | None          # [S,3] annotated VAD and
+    has_vad: np.ndarray | None      # [S] which persons have it
+    face_fallbacks: int | None      # persons whose face view is the fallback box (models reading a face)
+    seconds: float                  # wall time of scoring, image decoding included
+
+
+def score_split(package, paths: Workspace, split: str, batch_size: int, loader_workers: int = 0) -> SplitScores:
+    """Targets and scores of one split through the training Dataset and the trained model."""
     from torch.utils.data import DataLoader
 
-    from core.data.dataset import PersonDataset
-    from core.data.manifest import read_manifest
+    from core.data.dataset import FACE_VIEWS
+    from core.data.person_inputs import split_dataset
     from core.inference import predict_loader
 
-    dataset = PersonDataset(
-        read_manifest(split, paths.manifest_dir), paths.data_root, paths.objects_dir / split,
-        num_classes=len(package.classes), task=package.task, input_size=package.input_size,
-        max_objects=package.max_objects,
-    )
+    dataset = split_dataset(package.model, split, paths, kind=package.params["data"]["kind"])
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=loader_workers)
-    indices, scores = predict_loader(package.model, loader)
+    started = time.perf_counter()
+    indices, scores, continuous = predict_loader(package.model, loader, with_continuous=True)
+    seconds = time.perf_counter() - started
     ordered = np.empty_like(scores)
     ordered[indices] = scores
-    return dataset.targets(), ordered
+    vad = has_vad = None
+    if continuous is not None:
+        ordered_vad = np.empty_like(continuous)
+        ordered_vad[indices] = continuous
+        continuous = ordered_vad
+        vad, has_vad = dataset.vad_targets()
+    reads_face = bool(FACE_VIEWS & set(dataset.pixel_views))
+    return SplitScores(dataset.targets(), ordered, continuous, vad, has_vad,
+                       dataset.face_fallbacks if reads_face else None, seconds)
 
 
 def multilabel_results(classes: list[str], val: tuple, test: tuple, train_freq: np.ndarray) -> dict[str, Any]:
@@ -151,8 +168,9 @@ def evaluate_model(package, paths: Workspace, batch_size: int) -> tuple[dict[str
     from core.data.manifest import read_manifest
 
     classes = package.classes
-    val = score_split(package, paths, "val", batch_size)
-    test = score_split(package, paths, "test", batch_size)
+    val_scores = score_split(package, paths, "val", batch_size)
+    test_scores = score_split(package, paths, "test", batch_size)
+    val, test = val_scores[:2], test_scores[:2]
     train_labels = read_manifest("train", paths.manifest_dir)["labels"]
     counts = np.zeros(len(classes))
     for row in train_labels:
@@ -162,13 +180,26 @@ def evaluate_model(package, paths: Workspace, batch_size: int) -> tuple[dict[str
     else:
         results, thresholds = multiclass_results(classes, val, test, counts)
     results["dataset"] = package.params["data"]["kind"]
+    results["model"] = package.model_name
+    # one process, batch `batch_size`, decoding included: what scoring a folder of photos costs
+    results["inference_ms_per_person"] = 1000.0 * test_scores.seconds / max(len(test_scores.targets), 1)
+    results["parameters"] = int(sum(p.numel() for p in package.model.parameters()))
+    if test_scores.continuous is not None:
+        results.update(metrics.vad_mae(test_scores.continuous, test_scores.vad, test_scores.has_vad))
+    if test_scores.face_fallbacks is not None:
+        results["face_fallbacks"] = {"val": val_scores.face_fallbacks, "test": test_scores.face_fallbacks,
+                                     "rule": "no detected face: the top square of the body box "
+                                             "(core/data/views.py, face_fallback)"}
     return results, thresholds, test
 
 
 def headline(results: dict[str, Any]) -> dict[str, Any]:
     """What reports/metrics.json keeps: task, data set, size and the task's headline figures."""
-    keys = ("task", "dataset", "num_examples", *HEADLINE[results["task"]])
-    return {key: results.get(key) for key in keys}
+    keys = ("task", "dataset", "model", "num_examples", *HEADLINE[results["task"]])
+    out = {key: results.get(key) for key in keys}
+    if results.get("mae_vad") is not None:
+        out["mae_vad"] = results["mae_vad"]
+    return out
 
 
 def run(paths: Workspace, batch_size: int) -> dict[str, Any]:

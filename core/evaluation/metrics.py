@@ -25,8 +25,9 @@ None for a class with no example, listed) and the confusion matrix (rows = true 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import (
@@ -67,7 +68,7 @@ class Thresholds:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Thresholds":
+    def from_dict(cls, data: dict[str, Any]) -> Thresholds:
         values = np.array([np.inf if v is None else float(v) for v in data["values"]])
         return cls(values, list(data.get("classes_without_positives", [])))
 
@@ -223,3 +224,21 @@ def multiclass_report(
         "classes_without_positives": missing,
         "note": NO_POSITIVES_NOTE if missing else None,
     }
+
+
+VAD_DIMENSIONS = ("valence", "arousal", "dominance")
+
+
+def vad_mae(predicted: np.ndarray, truth: np.ndarray, known: np.ndarray) -> dict[str, float | None]:
+    """Mean absolute error of each continuous dimension (and their mean) over the persons that
+    have continuous labels: `mae_valence`, `mae_arousal`, `mae_dominance`, `mae_vad`."""
+    predicted, truth, known = np.asarray(predicted, float), np.asarray(truth, float), np.asarray(known, bool)
+    if predicted.shape != truth.shape or predicted.ndim != 2 or predicted.shape[1] != 3:
+        raise ValueError(f"VAD predictions and labels must both be [S,3], got {predicted.shape} and {truth.shape}")
+    if not known.any():
+        return {**{f"mae_{n}": None for n in VAD_DIMENSIONS}, "mae_vad": None, "vad_persons": 0}
+    errors = np.abs(predicted[known] - truth[known])
+    out: dict[str, float | None] = {f"mae_{n}": float(errors[:, i].mean()) for i, n in enumerate(VAD_DIMENSIONS)}
+    out["mae_vad"] = float(errors.mean())
+    out["vad_persons"] = int(known.sum())
+    return out

@@ -8,9 +8,12 @@ trials, so the sweep computes it once here and its trials train only what comes 
 (BPA, GAP, projection, BOA, ELD / classifier). The map is the backbone output BEFORE BPA,
 because BPA is trained.
 
+The cache is keyed by view: the flagship reads the body crop, or the face on CAER-S
+(`model.rrla.person_view`), and the view's name, size and normalisation are in the fingerprint.
+
 Layout: `data/cache/body/<fingerprint>/<split>.npy` ([S,C,h,w], row i = manifest row i,
 memory-mapped by the loaders) with `<split>.json` beside it, and `fingerprint.json` with what
-the fingerprint covers: the backbone config (name, input size, weights), where the weights
+the fingerprint covers: the backbone config (name, weights), the view, where the weights
 come from (a local file's sha256, the ImageNet enum, or random initialisation with its seed
 and torch version: the seeded init is exactly the backbone `build_model` creates), the
 sha256 of every split manifest, the data root, the preprocessing and the storage dtype.
@@ -26,8 +29,9 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -35,9 +39,9 @@ from core.errors import UserError
 from core.params import Params
 from core.workspace import Workspace
 
-FORMAT_VERSION = 1
-# Bump when core/data/dataset.py:body_tensor changes what a crop looks like.
-PREPROCESSING = "body_tensor: crop, bilinear resize to input_size, ImageNet mean/std; backbone in eval mode"
+FORMAT_VERSION = 2
+# Bump when core/data/views.py changes what a crop looks like.
+PREPROCESSING = "views.crop (floor/ceil pixel box), bilinear resize to the view's size, its mean/std; backbone in eval mode"
 DTYPES = ("float16", "float32")
 MANIFEST_SPLITS = ("train", "val", "test")
 
@@ -50,16 +54,35 @@ def _sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def flagship_config(params: Params):
+    """The flagship's config: the only family with a frozen-backbone path."""
+    if params.model.name != "rrla":
+        raise UserError(f"frozen backbone (train.frozen_backbone / tune.frozen_backbone): model {params.model.name!r} "
+                        "has no frozen-backbone path; only rrla has")
+    return params.model.rrla
+
+
+def cached_view(params: Params) -> tuple[str, Any]:
+    """(the person view the flagship reads on this data, its ViewSpec)."""
+    from core.data.labels import task_of
+    from models.config import view_specs
+    from models.rrla import resolve_person_view
+
+    cfg = flagship_config(params)
+    view = resolve_person_view(cfg.person_view, task_of(params.data.kind))
+    return view, view_specs(cfg.views, (view,), section="model.rrla")[view]
+
+
 def weights_source(params: Params) -> str:
     """Where the backbone's weights come from, precisely enough to tell two caches apart."""
     import torch
     import torchvision
 
-    backbone = params.model.backbone
+    backbone = flagship_config(params).backbone
     if backbone.weights:
         path = Path(backbone.weights)
         if not path.is_file():
-            raise UserError(f"model.backbone.weights: file not found: {path.resolve()}")
+            raise UserError(f"model.rrla.backbone.weights: file not found: {path.resolve()}")
         return f"file sha256={_sha256(path)}"
     if backbone.pretrained:
         return f"torchvision ImageNet enum for {backbone.name} (torchvision {torchvision.__version__})"
@@ -74,9 +97,11 @@ def fingerprint_inputs(params: Params, manifest_dir: Path, data_root: Path, dtyp
                  for split in MANIFEST_SPLITS if (manifest_dir / f"{split}.parquet").is_file()}
     if not manifests:
         raise UserError(f"no manifest in {manifest_dir}: run the ingest stage first")
+    view, spec = cached_view(params)
     return {
         "format": FORMAT_VERSION,
-        "backbone": to_dict(params.model.backbone),
+        "backbone": to_dict(flagship_config(params).backbone),
+        "view": {"name": view, "size": spec.size, "mean": list(spec.mean), "std": list(spec.std)},
         "weights": weights_source(params),
         "manifests": manifests,
         "data_root": str(Path(data_root).resolve()),
@@ -100,7 +125,7 @@ def frozen_backbone(params: Params):
     from models.backbones import build_backbone
 
     torch.manual_seed(params.seed)
-    backbone = build_backbone(params.model.backbone)
+    backbone = build_backbone(flagship_config(params).backbone)
     backbone.requires_grad_(False)
     return backbone.eval()
 
@@ -118,7 +143,8 @@ def _split_complete(folder: Path, split: str, rows: int) -> bool:
     return json.loads(meta_path.read_text()).get("rows") == rows
 
 
-def _extract_split(backbone, dataset, out_file: Path, dtype: str, batch_size: int, workers: int, device) -> tuple:
+def _extract_split(backbone, dataset, view: str, out_file: Path, dtype: str, batch_size: int, workers: int,
+                   device) -> tuple:
     import torch
     from torch.utils.data import DataLoader
 
@@ -130,7 +156,7 @@ def _extract_split(backbone, dataset, out_file: Path, dtype: str, batch_size: in
     array, row = None, 0
     with torch.no_grad():
         for batch in loader:
-            maps = backbone(batch["body"].to(device)).float().cpu().numpy()
+            maps = backbone(batch[view].to(device)).float().cpu().numpy()
             if array is None:
                 array = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype,
                                                   shape=(len(dataset), *maps.shape[1:]))
@@ -157,9 +183,10 @@ def run(params: Params, paths: Workspace, *, cache_root: Path | None = None, spl
     """
     import torch
 
-    from core.data.dataset import PersonDataset
+    from core.data.dataset import FACE_VIEWS, PersonDataset
     from core.data.labels import task_of
     from core.data.manifest import read_labels, read_manifest
+    from core.data.person_inputs import read_face_boxes
 
     dtype = dtype or params.tune.cache_dtype
     if dtype not in DTYPES:
@@ -171,6 +198,7 @@ def run(params: Params, paths: Workspace, *, cache_root: Path | None = None, spl
     _write_atomic(folder / "fingerprint.json", json.dumps(inputs, indent=2))
 
     num_classes = len(read_labels(paths.labels_json))
+    view, spec = cached_view(params)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     backbone, built, reused, shapes = None, [], [], {}
     for split in splits:
@@ -180,10 +208,12 @@ def run(params: Params, paths: Workspace, *, cache_root: Path | None = None, spl
             continue
         if backbone is None:
             backbone = frozen_backbone(params).to(device)
-        dataset = PersonDataset(manifest, paths.data_root, Path(paths.objects_dir) / split, num_classes=num_classes,
-                                task=task_of(params.data.kind), input_size=params.model.backbone.input_size)
+        faces = (read_face_boxes(paths.detections_dir, split, manifest, params.data.kind)
+                 if view in FACE_VIEWS else None)
+        dataset = PersonDataset(manifest, paths.data_root, num_classes=num_classes, task=task_of(params.data.kind),
+                                views=(view,), view_specs={view: spec}, face_boxes=faces)
         split_started = time.perf_counter()
-        shape = _extract_split(backbone, dataset, folder / f"{split}.npy", dtype, params.train.batch_size,
+        shape = _extract_split(backbone, dataset, view, folder / f"{split}.npy", dtype, params.train.batch_size,
                                params.train.loader_workers, device)
         _write_atomic(folder / f"{split}.json", json.dumps({
             "rows": len(manifest), "shape": list(shape), "dtype": dtype,

@@ -69,8 +69,6 @@ def worker_config(params: Params, paths: Workspace) -> dict[str, Any]:
     for split in ("train", "val"):
         if not (paths.manifest_dir / f"{split}.parquet").is_file():
             raise UserError(f"{paths.manifest_dir / (split + '.parquet')} is missing: run the ingest stage first")
-        if not (paths.objects_dir / split).is_dir():
-            raise UserError(f"{paths.objects_dir / split} is missing: run the objects stage first")
     classes = read_labels(paths.labels_json)
     task = task_of(params.data.kind)
     config: dict[str, Any] = {
@@ -80,8 +78,16 @@ def worker_config(params: Params, paths: Workspace) -> dict[str, Any]:
         "num_classes": len(classes),
         "classes": classes,
         "label_freq": label_frequencies(paths.manifest_dir, len(classes)).tolist(),
-        "object_feature_stats": object_feature_stats(paths.objects_dir / "train"),
+        # for models reading the objects view (the loop says so when they are missing)
+        "object_feature_stats": (object_feature_stats(paths.objects_dir / "train")
+                                 if (paths.objects_dir / "train" / "features.npy").is_file() else None),
     }
-    if task == "multilabel" and params.model.eld.enabled:
+    if task == "multilabel" and reads_label_graph(params.model.config):
         config["cooccurrence"], config["label_embeddings"] = load_graph(paths, len(classes))
     return config
+
+
+def reads_label_graph(model_config) -> bool:
+    """Whether a family's config turns on ELD's label graph (the flagship's `eld` section)."""
+    eld = getattr(model_config, "eld", None)
+    return bool(eld is not None and eld.enabled)

@@ -106,8 +106,10 @@ def export_best(result, config: dict[str, Any], paths: Workspace) -> dict[str, A
     torch.save({"state_dict": state["model"], "spec": state["spec"], "classes": config["classes"],
                 "task": config["task"], "params": state["params"], "epoch": state["epoch"],
                 "metric": state["metric"]}, model_dir / "model.pt")
-    summary = {"best_epoch": state["epoch"], **state["metric"], "classes": config["classes"],
-               "task": config["task"]}
+    summary = {"model": state["spec"]["name"], "best_epoch": state["epoch"], **state["metric"],
+               "classes": config["classes"], "task": config["task"]}
+    if state.get("face_fallbacks"):
+        summary["face_fallbacks"] = state["face_fallbacks"]
     (model_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return {"state": state, "summary": summary}
 
@@ -130,6 +132,7 @@ def run(params: Params, paths: Workspace, *, track: bool = True, run_name: str |
 
     from core import tracking
 
+    params = params.for_model()  # the model's own train overrides (model.<name>.train)
     started = time.perf_counter()
     mlflow_run = None
     with contextlib.ExitStack() as stack:

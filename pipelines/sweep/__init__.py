@@ -34,8 +34,8 @@ training.
 Frozen-backbone fast path (`tune.frozen_backbone: true`): the backbone maps of all crops are
 computed once (core/training/body_cache.py, data/cache/body/<fingerprint>/) and trials train
 BPA, BOA, ELD and the classifier on them. N needs no re-extraction either way: the model reads
-a prefix of the stored top-N objects (model.boa.max_objects), so the space may offer any N up
-to objects.top_n. Paths that would change the cached maps (model.backbone.*, seed, data.*)
+a prefix of the stored top-N objects (model.rrla.boa.max_objects), so the space may offer any N up
+to objects.top_n. Paths that would change the cached maps (model.rrla.backbone.*, seed, data.*)
 or the stored objects (objects.*) are refused in the space.
 
 Fault tolerance is tested from outside through the fault points `sweep.trial_epoch` (in a

@@ -9,8 +9,9 @@ paper's values.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from core.errors import UserError
 from core.params import Params
@@ -22,8 +23,8 @@ PAPER_CONFIG_NAME = Path("configs") / "paper-emotic.yaml"
 # The workspace's copy first (a sweep runs in the workspace, also where ctxemo is installed from a
 # wheel, as in the container image), then the one beside this source tree.
 PAPER_CONFIGS = (PAPER_CONFIG_NAME, Path(__file__).resolve().parents[2] / PAPER_CONFIG_NAME)
-# The paper config leaves model.boa.max_objects null: every stored object is read, so N is objects.top_n.
-NULL_MEANS = {"model.boa.max_objects": "objects.top_n"}
+# The paper config leaves model.rrla.boa.max_objects null: every stored object is read, so N is objects.top_n.
+NULL_MEANS = {"model.rrla.boa.max_objects": "objects.top_n"}
 
 
 def paper_values(space_paths: Iterable[str], config: Path | None = None) -> dict[str, Any]:

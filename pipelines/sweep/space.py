@@ -1,6 +1,6 @@
 """The sweep's search space: `tune.space` in params.yaml as Ray Tune domains, checked against Params.
 
-The space maps dotted paths into the existing params (`model.boa.heads`) to one distribution
+The space maps dotted paths into the existing params (`model.rrla.boa.heads`) to one distribution
 each (choice, uniform, loguniform, randint), never a repeated default: the defaults stay in
 their own sections. A path must be a field of the typed params; paths a trial cannot change
 are refused here, before anything runs: the objects stage and the tune section are not rerun
@@ -22,7 +22,7 @@ from core.params import Params
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 # Never searchable: they would change the stored objects, or the cached body maps.
 FIXED_PREFIXES = ("objects.", "tune.")
-CACHE_PATHS = ("model.backbone.", "data.", "seed")   # prefixes; seed: random init of the backbone
+CACHE_PATHS = ("model.rrla.backbone.", "model.rrla.views.", "model.rrla.person_view", "data.", "seed")   # prefixes; seed: random init of the backbone
 
 
 def field_at(params: Params, dotted: str) -> Any:
@@ -30,12 +30,16 @@ def field_at(params: Params, dotted: str) -> Any:
     node: Any = params
     walked = []
     for key in dotted.split("."):
-        if not dataclasses.is_dataclass(node) or key not in {f.name for f in dataclasses.fields(node)}:
+        if isinstance(node, dict) and key in node:  # a mapping of typed entries: a model's views
+            node = node[key]
+        elif dataclasses.is_dataclass(node) and key in {f.name for f in dataclasses.fields(node)}:
+            node = getattr(node, key)
+        else:
             where = ".".join(walked) or "params"
-            raise UserError(f"tune.space: {dotted!r} is not a params path ({where} has no {key!r})")
-        node = getattr(node, key)
+            hint = "; a model's settings are under model.<name>, e.g. model.rrla.*" if walked == ["model"] else ""
+            raise UserError(f"tune.space: {dotted!r} is not a params path ({where} has no {key!r}{hint})")
         walked.append(key)
-    if dataclasses.is_dataclass(node):
+    if dataclasses.is_dataclass(node) or isinstance(node, dict):
         raise UserError(f"tune.space: {dotted!r} is a whole section; name one of its keys")
     return node
 
@@ -72,11 +76,18 @@ def build_space(params: Params) -> dict[str, Any]:
                             "and ASHA decides how many of them it gets")
         if dotted.startswith(FIXED_PREFIXES):
             raise UserError(f"tune.space: {dotted!r} cannot be searched by a sweep (the objects stage and the "
-                            "tune section are not rerun per trial); search N with model.boa.max_objects")
+                            "tune section are not rerun per trial); search N with model.rrla.boa.max_objects")
         if params.tune.frozen_backbone and dotted.startswith(CACHE_PATHS):
             raise UserError(f"tune.space: {dotted!r} changes the cached body maps; it cannot be searched with "
                             "tune.frozen_backbone: true")
         field_at(params, dotted)
+        if dotted.startswith("model.") and not dotted.startswith(f"model.{params.model.name}."):
+            raise UserError(f"tune.space: {dotted!r} is not a setting of the model the sweep trains "
+                            f"(model.name: {params.model.name}); search model.{params.model.name}.* paths")
+        own_train = params.model.config.train
+        if dotted.startswith("train.") and dotted[len("train."):] in own_train:
+            raise UserError(f"tune.space: {dotted!r} is set by model.{params.model.name}.train, which wins over "
+                            f"the train section; remove it there to search it")
         domains[dotted] = _domain(dotted, spec)
     return domains
 
@@ -84,19 +95,19 @@ def build_space(params: Params) -> dict[str, Any]:
 def check_object_prefix(params: Params, objects_dir: Path) -> None:
     """N values beyond the stored top-N would all read the same objects: refuse them."""
     meta_path = Path(objects_dir) / "train" / "meta.json"
-    spec = params.tune.space.get("model.boa.max_objects")
+    spec = params.tune.space.get("model.rrla.boa.max_objects")
     if spec is None or not meta_path.is_file():
         return
     stored = int(json.loads(meta_path.read_text())["top_n"])
     values = next(iter(spec.values())) if isinstance(spec, dict) else []
     too_big = [v for v in (values if isinstance(values, list) else []) if v is not None and v > stored]
     if too_big:
-        raise UserError(f"tune.space.model.boa.max_objects offers {too_big} but the objects stage stored only "
+        raise UserError(f"tune.space.model.rrla.boa.max_objects offers {too_big} but the objects stage stored only "
                         f"{stored} per person (objects.top_n): raise objects.top_n and rerun it, or lower N")
 
 
 def nested(flat: dict[str, Any]) -> dict[str, Any]:
-    """{'model.boa.heads': 8} -> {'model': {'boa': {'heads': 8}}}."""
+    """{'model.rrla.boa.heads': 8} -> {'model': {'boa': {'heads': 8}}}."""
     out: dict[str, Any] = {}
     for dotted, value in flat.items():
         node = out

@@ -35,7 +35,7 @@ def sweep_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
 
     trial_params = apply_overrides(base["params"], {path: config[path] for path in base["space_paths"]})
     device = "cuda" if base["use_gpu"] and torch.cuda.is_available() else "cpu"
-    loop = EpochLoop({**base["worker"], "params": params_from_dict(trial_params)}, device=device)
+    loop = EpochLoop({**base["worker"], "params": params_from_dict(trial_params).for_model()}, device=device)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
@@ -60,7 +60,7 @@ def trainable(state: dict[str, Any], paths: Workspace):
     """The Tune trainable: sweep_trial with the shared worker config and the per-trial resources."""
     from core.training.inputs import worker_config
 
-    params = params_from_dict(state["params"])
+    params = params_from_dict(state["params"]).for_model()
     worker = worker_config(params, paths)
     worker["body_cache"] = state.get("body_cache")
     worker["torch_threads"] = max(1, int(state["resources"]["cpu"]))
