@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, each writing reports/bench_*.json.
 
-The training benchmark needs a workspace with the data stages done: it uses the current
+The training benchmarks (bench_train, bench_kosti) need a workspace with the data stages done: they use the current
 directory after `make demo` (or `dvc repro embeddings objects`).
 """
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 
-for script, args in (("bench_model.py", []), ("bench_objects.py", []), ("bench_train.py", [])):
+for script, args in (("bench_model.py", []), ("bench_objects.py", []), ("bench_train.py", []),
+                     ("bench_kosti.py", [])):
     print(f"== {script}", flush=True)
     code = subprocess.call([sys.executable, str(HERE / script), *args])
     if code != 0:
