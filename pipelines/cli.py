@@ -266,7 +266,7 @@ def promote_model(
 def predict_images(
     images: list[Path] = typer.Argument(..., help="image files"),
     box: list[str] = typer.Option(None, "--box", help="x1,y1,x2,y2 of a person (repeatable, for every image); default: detect people"),
-    model: str | None = typer.Option(None, "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID or a local artifacts folder [default: models:/<registry.model_name for model.name>@champion]"),
+    model: str | None = typer.Option(None, "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID or a local artifacts folder [default: models:/<registry.model_name for model.name>@champion, else the workspace's artifacts/model]"),
     annotate: Path | None = typer.Option(None, "--annotate", help="write an annotated PNG (a folder when several images are given)"),
     params_file: Path = typer.Option(DEFAULT_WORKSPACE.params_file, "--params"),
 ) -> None:
@@ -281,7 +281,9 @@ def predict_images(
     try:
         boxes = [predict.parse_box(b) for b in box] if box else None
         if model is None:
-            model = predict.default_model_uri(_registered_name(_workspace_params(params_file)))
+            model, notice = predict.default_model(_registered_name(_workspace_params(params_file)), Path("."))
+            if notice:
+                typer.echo(f"ctxemo predict: {notice}", err=True)
         results = predict.run(images, model, boxes=boxes, annotate_to=annotate, workspace=Path("."))
     except UserError as exc:
         _fail(str(exc))

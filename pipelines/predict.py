@@ -62,6 +62,29 @@ def default_model_uri(model_name: str) -> str:
     return f"models:/{model_name}@champion"
 
 
+def default_model(model_name: str, workspace: Path = Path(".")) -> tuple[str, str | None]:
+    """What `ctxemo predict` uses without --model: (spec, notice or None).
+
+    The champion of `model_name` in the MLflow registry; when there is none yet (right after
+    `make demo`, which trains and evaluates but registers nothing) the workspace's trained model
+    in artifacts/model, with a notice saying so and how to register one.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from pipelines import registry
+
+    uri = default_model_uri(model_name)
+    local = Workspace.at(workspace).model_dir
+    try:
+        registry.client_for(None, workspace).get_model_version_by_alias(model_name, "champion")
+        return uri, None
+    except MlflowException:
+        if (local / "model.pt").is_file():
+            return str(local), (f"no champion of {model_name} in the MLflow registry yet (`ctxemo promote` "
+                                f"registers and promotes the trained model); using the workspace's model in {local}")
+        return uri, None  # load_model says what is missing
+
+
 def parse_box(text: str) -> list[float]:
     """'x1,y1,x2,y2' -> four floats with x2 > x1 and y2 > y1."""
     parts = [p.strip() for p in str(text).split(",")]

@@ -235,3 +235,41 @@ def test_photos_outside_the_data_set_get_no_object_boxes_and_an_empty_photo_find
     Image.new("RGB", (48, 48), (90, 90, 90)).save(blank)
     nobody = predictor.predict(blank)
     assert nobody.people == [] and nobody.objects_source == "not needed: nobody found"
+
+
+def test_without_a_champion_predict_uses_the_workspace_model_and_says_so(champion, reference, tmp_path,
+                                                                         monkeypatch):
+    """Right after `make demo` nothing is registered: predict falls back to artifacts/model, with a notice."""
+    import shutil
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    root = champion["workspace"]
+    assert predict.default_model(MODEL_NAME, root) == (champion["uri"], None)  # the champion when there is one
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")  # a registry without it
+    local = root / "artifacts" / "model"
+    assert predict.default_model(MODEL_NAME, root) == (champion["uri"], None)  # nothing local either
+    shutil.copytree(champion["artifacts"] / "model", local)
+    shutil.copy(champion["artifacts"] / "thresholds.json", root / "artifacts" / "thresholds.json")
+    spec, notice = predict.default_model(MODEL_NAME, root)
+    assert spec == str(local) and f"no champion of {MODEL_NAME}" in notice and "ctxemo promote" in notice
+
+    params = yaml.safe_load(yaml.safe_dump(reference[0].params))  # the params the model was trained with
+    params["registry"]["model_name"] = MODEL_NAME
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    _, manifest, scores = reference
+    row = manifest.iloc[1]
+    monkeypatch.chdir(root)
+    done = CliRunner().invoke(app, ["predict", str(champion["eval_paths"].data_root / row["image_path"]),
+                                    "--box", ",".join(str(float(v)) for v in row["person_box"])])
+    assert done.exit_code == 0, done.output
+    assert f"no champion of {MODEL_NAME}" in done.stderr
+    (person,) = json.loads(done.stdout)["people"]
+    by_label = {e["label"]: e["score"] for e in person["emotions"]}
+    assert [by_label[c] for c in reference[0].classes] == pytest.approx(scores[1].tolist(), rel=1e-6)
+    shutil.rmtree(root / "artifacts")
+    (root / "params.yaml").unlink()
