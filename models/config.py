@@ -199,6 +199,7 @@ class RRLAConfig:
     bpa: BPAConfig
     boa: BOAConfig
     eld: ELDConfig
+    standardise_objects: bool  # object features standardised with train-split statistics (ours, not the paper's)
     train: dict[str, Any]  # train.* values this model trains with instead of the train section's
 
     def __post_init__(self) -> None:

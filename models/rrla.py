@@ -149,7 +149,13 @@ class RelationalRegionLevelNet(nn.Module):
         self.config = dataclasses.replace(self.config, eld=eld_cfg)
 
     def set_object_feature_stats(self, mean: np.ndarray | torch.Tensor, std: np.ndarray | torch.Tensor) -> None:
-        """Standardise object features with these [2048] statistics (std is floored at 1e-6)."""
+        """Standardise object features with these [2048] statistics (std is floored at 1e-6).
+
+        With `model.rrla.standardise_objects: false` the features are read as stored (the paper's
+        way): the buffers stay the identity, so the state_dict has the same keys either way.
+        """
+        if not self.config.standardise_objects:
+            return
         # torch.tensor copies: arrays arriving through Ray's object store are read-only
         mean = torch.tensor(np.asarray(mean), dtype=self.object_feature_mean.dtype).reshape(OBJECT_FEATURE_DIM)
         std = torch.tensor(np.asarray(std), dtype=self.object_feature_std.dtype).reshape(OBJECT_FEATURE_DIM)
@@ -194,6 +200,10 @@ class RelationalRegionLevelNet(nn.Module):
         obj_feats = (obj_feats.to(dtype) - self.object_feature_mean) / self.object_feature_std
         obj_feats = obj_feats * obj_mask.unsqueeze(-1)  # padding stays exactly zero
         obj_boxes, person_box = obj_boxes.to(dtype), person_box.to(dtype)
+        # Padded boxes become the person's own box before the geometry term: their attention is
+        # masked out anyway, but NaN or huge padding would otherwise reach the geometry gate's
+        # gradient (NaN * 0 = NaN).
+        obj_boxes = torch.where(obj_mask.unsqueeze(-1), obj_boxes, person_box.unsqueeze(1))
 
         body = body.to(dtype)
         body_feature = self.body_feature_from_map(body) if from_map else self.body_feature(body)

@@ -403,3 +403,32 @@ def test_build_model_takes_the_params_dict_of_the_section_too():
         k: v.shape for k, v in typed.state_dict().items()}
     with pytest.raises(ConfigError, match=r"model\.rrla\.boa: unknown key"):
         build_model("rrla", dict(to_dict(small_config()), boa={"headz": 4}), num_classes=3, task="multiclass")
+
+
+def test_nan_or_huge_padded_boxes_change_nothing_and_keep_every_gradient_finite():
+    model = make_model(small_config()).train()
+    body, feats, boxes, mask, person = make_tensors()
+    target = torch.zeros(3, EMOTIC_CLASSES)
+    clean = model(as_inputs(body, feats, boxes, mask, person)).logits
+    for padding in (float("nan"), 1e30):
+        padded = torch.where(mask.unsqueeze(-1), boxes, torch.full_like(boxes, padding))
+        model.zero_grad()
+        logits = model(as_inputs(body, feats, padded, mask, person)).logits
+        torch.testing.assert_close(logits, clean)  # padding never reaches the output
+        ((logits - target) ** 2).sum().backward()
+        bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        assert bad == [], f"non-finite gradients with {padding} padding: {bad}"
+
+
+def test_the_standardisation_switch_leaves_object_features_as_stored_with_the_same_state_dict_keys():
+    full = make_model(small_config())
+    plain = make_model(small_config(standardise_objects=False))
+    mean, std = np.full(2048, 3.0, np.float32), np.full(2048, 2.0, np.float32)
+    full.set_object_feature_stats(mean, std)
+    plain.set_object_feature_stats(mean, std)
+    assert torch.equal(full.object_feature_mean, torch.full((2048,), 3.0))
+    assert torch.equal(plain.object_feature_mean, torch.zeros(2048))
+    assert torch.equal(plain.object_feature_std, torch.ones(2048))
+    assert plain.state_dict().keys() == full.state_dict().keys()
+    plain.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith("object_feature")},
+                          strict=False)  # every shared weight loads; only the switched buffers differ
