@@ -61,7 +61,7 @@ from torch.nn import functional as F
 
 from models.backbones import build_backbone
 from models.config import ConfigError, KostiConfig, KostiLossConfig, view_specs
-from models.losses import CrossEntropyLoss
+from models.losses import CrossEntropyLoss, check_label_freq
 from models.output import ModelOutput
 from models.registry import register_model
 
@@ -257,18 +257,9 @@ def _batch_key(batch: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
 
 def _check_label_freq(label_freq: np.ndarray | None) -> np.ndarray:
     key = f"{SECTION}.loss.discrete_weights"
-    if label_freq is None:
-        raise ConfigError(f"{key} is 'static': the criterion needs label_freq, the fraction of training "
-                          "samples per class (or set it to 'dynamic', the paper's per-batch weights)")
-    freq = np.asarray(label_freq, dtype=np.float64)
-    if freq.ndim != 1 or freq.size == 0:
-        raise ValueError(f"label_freq must be a non-empty [C] vector, got shape {freq.shape}")
-    if not np.isfinite(freq).all() or freq.min() < 0 or freq.max() > 1:
-        raise ValueError(
-            "label_freq must hold frequencies in [0, 1] (fraction of training samples with "
-            f"each label; divide counts by the number of samples), got min {freq.min()} max {freq.max()}"
-        )
-    return freq
+    return check_label_freq(label_freq, missing=(
+        f"{key} is 'static': the criterion needs label_freq, the fraction of training samples per class "
+        "(or set it to 'dynamic', the paper's per-batch weights)"))
 
 
 def build_kosti_criterion(cfg: KostiConfig, *, task: str, loss_name: str | None = None,

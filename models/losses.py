@@ -33,16 +33,17 @@ PAPER_LAMBDA = 1.2
 
 def emotic_class_weights(label_freq: np.ndarray, lam: float = PAPER_LAMBDA) -> np.ndarray:
     """alpha_j = (1 / ln(lam + p_j)) / sum_k (1 / ln(lam + p_k)) (eq. 9)."""
-    freq = _check_label_freq(label_freq)
+    freq = check_label_freq(label_freq)
     if lam <= 1.0:
         raise ConfigError(f"weighted_mse lambda must be > 1 so that ln(lambda + p) > 0, got {lam}")
     raw = 1.0 / np.log(lam + freq)
     return raw / raw.sum()
 
 
-def _check_label_freq(label_freq: np.ndarray | None) -> np.ndarray:
+def check_label_freq(label_freq: np.ndarray | None, missing: str | None = None) -> np.ndarray:
+    """The [C] training label frequencies as float64, checked; `missing`: the error when None."""
     if label_freq is None:
-        raise ConfigError("weighted_mse needs label_freq: the fraction of training samples per class")
+        raise ConfigError(missing or "weighted_mse needs label_freq: the fraction of training samples per class")
     freq = np.asarray(label_freq, dtype=np.float64)
     if freq.ndim != 1 or freq.size == 0:
         raise ValueError(f"label_freq must be a non-empty [C] vector, got shape {freq.shape}")
