@@ -73,8 +73,11 @@ class EmbeddingsConfig:
 class TrainConfig:
     epochs: int
     batch_size: int
-    optimizer: str
+    optimizer: str  # sgd | adam | adamw
     lr: float
+    backbone_lr: float | None  # the pretrained trunks' lr (model.backbone_parameters()); null: lr
+    lr_steps: list[float]  # fractions of training at which every lr is multiplied by lr_gamma
+    lr_gamma: float
     momentum: float
     weight_decay: float
     loss: str
@@ -131,7 +134,8 @@ class RegistryConfig:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """The Ray Tune sweep (pipelines/sweep/). `space` maps dotted params paths to a
+    """The Ray Tune sweep (pipelines/sweep/). `space` holds one search space per model family
+    (`space.<model>`, the one of `model.name` is searched); each maps dotted params paths to a
     distribution, {choice: [...]} | {uniform: [lo, hi]} | {loguniform: [lo, hi]} |
     {randint: [lo, hi)}, and never repeats a default."""
 
@@ -146,7 +150,7 @@ class TuneConfig:
     gpus_per_trial: float  # e.g. 0.5: two trials share a GPU
     max_concurrent_trials: int | None  # null: as many as the cluster's CPUs/GPUs fit
     max_failures: int  # retries of a crashed trial from its last checkpoint
-    space: dict[str, Any]
+    space: dict[str, dict[str, Any]]  # model name -> {dotted path: distribution}
 
 
 @dataclass(frozen=True)
@@ -176,8 +180,32 @@ class Params:
         unknown = sorted(set(overrides) - allowed)
         if unknown:
             raise ConfigError(f"model.{name}.train: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-        return dataclasses.replace(self, model=dataclasses.replace(self.model, name=name),
-                                   train=dataclasses.replace(self.train, **overrides))
+        train = dataclasses.replace(self.train, **overrides)
+        check_schedule(train, f"train (with model.{name}.train)")
+        return dataclasses.replace(self, model=dataclasses.replace(self.model, name=name), train=train)
+
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def check_schedule(train: TrainConfig, where: str) -> None:
+    """The optimiser and learning-rate settings a training run needs, checked before any work."""
+    if train.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"{where}: optimizer must be one of {list(OPTIMIZERS)}, got {train.optimizer!r}")
+    for key in ("lr", "backbone_lr"):
+        value = getattr(train, key)
+        if value is None and key == "backbone_lr":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"{where}: {key} must be a number > 0, got {value!r}")
+    steps = train.lr_steps
+    if (not isinstance(steps, (list, tuple)) or any(isinstance(f, bool) or not isinstance(f, (int, float))
+                                                   or not 0 < f < 1 for f in steps)
+            or list(steps) != sorted(steps)):
+        raise ConfigError(f"{where}: lr_steps must be increasing fractions of training in (0, 1), e.g. "
+                          f"[0.5, 0.75], got {steps!r}")
+    if isinstance(train.lr_gamma, bool) or not isinstance(train.lr_gamma, (int, float)) or not 0 < train.lr_gamma <= 1:
+        raise ConfigError(f"{where}: lr_gamma must be a number in (0, 1], got {train.lr_gamma!r}")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -151,6 +151,10 @@ class CAERNetS(nn.Module):
             nn.Linear(cfg.classifier_hidden, self.num_classes),
         )
 
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """The two encoders (trained from scratch; `train.backbone_lr` applies to them when set)."""
+        return [*self.face_encoder.parameters(), *self.context_encoder.parameters()]
+
     def parts(self, inputs: Mapping[str, torch.Tensor]) -> CAERNetParts:
         """Every intermediate of one forward pass (reports read the spatial attention here)."""
         face, context = _check_inputs(inputs)

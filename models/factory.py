@@ -66,15 +66,17 @@ def build_model(
     return model
 
 
-def build_criterion(model: nn.Module, loss_name: str, label_freq: np.ndarray | None) -> nn.Module:
+def build_criterion(model: nn.Module, loss_name: str, label_freq: np.ndarray | None, *, seed: int = 0) -> nn.Module:
     """The training loss of `model`: its family's own criterion, else `train.loss` on the logits.
 
-    The returned module's forward takes (ModelOutput, batch) and returns a scalar.
+    The returned module's forward takes (ModelOutput, batch) and returns a scalar. `seed` seeds
+    whatever randomness a criterion has of its own (SIB-Net's distribution labels).
     """
     model = _unwrap(model)
     family = model_family(model.family)
     if family.criterion is not None:
-        return family.criterion(model.config, task=model.task, loss_name=loss_name, label_freq=label_freq)
+        return family.criterion(model.config, task=model.task, loss_name=loss_name, label_freq=label_freq,
+                                seed=seed)
     return LogitsCriterion(build_loss(loss_name if model.task == "multilabel" else "cross_entropy", model.task,
                                       label_freq))
 

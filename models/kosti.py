@@ -140,6 +140,10 @@ class KostiTwoStream(nn.Module):
             # steps. Starting at the scale's middle makes every initial error at most 4.5.
             nn.init.constant_(self.continuous_head.bias, VAD_MIDPOINT)
 
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Both streams' trunks (`train.backbone_lr` applies to them)."""
+        return [*self.body_backbone.parameters(), *self.context_backbone.parameters()]
+
     def pooled_features(self, body: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """[GAP(body map) ; GAP(context map)]: [B, Cb + Cc], the fusion layer's input."""
         body_feature = self.body_backbone(body).mean(dim=(2, 3))
@@ -263,9 +267,10 @@ def _check_label_freq(label_freq: np.ndarray | None) -> np.ndarray:
 
 
 def build_kosti_criterion(cfg: KostiConfig, *, task: str, loss_name: str | None = None,
-                          label_freq: np.ndarray | None = None) -> KostiLoss:
+                          label_freq: np.ndarray | None = None, seed: int = 0) -> KostiLoss:
     """The family's training loss. `loss_name` (train.loss) is ignored: Kosti has its own loss,
-    set in `model.kosti.loss`."""
+    set in `model.kosti.loss`; so is `seed` (the loss has no randomness)."""
+    del seed
     return KostiLoss(cfg.loss, task=task, label_freq=label_freq)
 
 

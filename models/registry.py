@@ -14,7 +14,7 @@ A family is
   input tensors (a view name, or for the `objects` view obj_feats/obj_boxes/obj_mask/
   person_box) and returns a models.output.ModelOutput;
 - `config`: the dataclass of its `model.<name>` params section;
-- `criterion` (optional): `(cfg, *, task, loss_name, label_freq)` returning the module whose
+- `criterion` (optional): `(cfg, *, task, loss_name, label_freq, seed)` returning the module whose
   forward(output, batch) is the training loss; without one the family trains with
   `train.loss` on its logits (models/losses.py, `LogitsCriterion`).
 """

@@ -210,6 +210,10 @@ class RelationalRegionLevelNet(nn.Module):
         context, attention = self.boa(body_feature, obj_feats, obj_boxes, obj_mask, person_box)
         return torch.cat([body_feature, context], dim=1), attention
 
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """The person-crop trunk's parameters (`train.backbone_lr` applies to them)."""
+        return list(self.backbone.parameters())
+
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> ModelOutput:
         fused, attention = self.fused_feature(inputs)
         if self.eld is not None:

@@ -20,7 +20,7 @@ from models.config import ViewConfig, replace_path
 from models.registry import model_family, register_model
 
 torch.set_num_threads(1)
-BATCH, OBJECTS, EMBED_DIM, GRID = 3, 3, 50, 2
+BATCH, OBJECTS, EMBED_DIM = 3, 3, 50
 TASKS = [("multilabel", 26), ("multiclass", 7)]
 
 
@@ -53,8 +53,8 @@ def tiny_batch(model, num_classes: int, task: str) -> dict[str, torch.Tensor]:
                 "person_box": torch.tensor([[10.0, 10.0, 60.0, 120.0]] * BATCH),
             })
             continue
-        size = model.view_specs[name].size
-        shape = (BATCH, GRID * GRID, 3, size, size) if name == "patches" else (BATCH, 3, size, size)
+        size, grid = model.view_specs[name].size, model.view_specs[name].grid
+        shape = (BATCH, grid * grid, 3, size, size) if name == "patches" else (BATCH, 3, size, size)
         batch[name] = torch.randn(*shape, generator=gen)
     batch["target"] = ((torch.rand(BATCH, num_classes, generator=gen) < 0.3).float() if task == "multilabel"
                        else torch.tensor([0, num_classes - 1, 1]))

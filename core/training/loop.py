@@ -153,7 +153,8 @@ class EpochLoop:
         self.val_targets = self.val_set.targets()
 
         self.spec = model_spec(model)
-        self.loss_fn = build_criterion(model, params.train.loss, np.asarray(config["label_freq"], dtype=np.float64))
+        self.loss_fn = build_criterion(model, params.train.loss, np.asarray(config["label_freq"], dtype=np.float64),
+                                       seed=params.seed)
         self.optimizer = _optimizer(model, params)
         self.model = model
         self._wrap = wrap_model
@@ -181,7 +182,11 @@ class EpochLoop:
         self.train_loader.sampler.set_epoch(epoch)
         self.model.train()
         started, seen, loss_sum = time.perf_counter(), 0, 0.0
-        for batch in self.train_loader:
+        steps_per_epoch, total_epochs = max(len(self.train_loader), 1), max(self.params.train.epochs, 1)
+        for step, batch in enumerate(self.train_loader):
+            if self.params.train.lr_steps:
+                set_learning_rates(self.optimizer, (epoch + step / steps_per_epoch) / total_epochs,
+                                   self.params.train.lr_steps, self.params.train.lr_gamma)
             batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
             target = batch["target"]
             loss = self.loss_fn(self.model(model_inputs(self.model, batch, self.device)), batch)
@@ -293,15 +298,42 @@ def _unwrap(model):
 
 
 def _optimizer(model, params: Params):
+    """The optimiser over the trainable tensors: the model's backbone trunks at `train.backbone_lr`
+    (when set; `model.backbone_parameters()`), everything else at `train.lr`."""
     import torch
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
     cfg = params.train
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": trainable, "lr": cfg.lr}]
+    if cfg.backbone_lr is not None:
+        if not hasattr(model, "backbone_parameters"):
+            raise UserError(f"train.backbone_lr: model {params.model.name!r} names no backbone parameters")
+        backbone = {id(p) for p in model.backbone_parameters() if p.requires_grad}
+        groups = [{"params": [p for p in trainable if id(p) in backbone], "lr": cfg.backbone_lr},
+                  {"params": [p for p in trainable if id(p) not in backbone], "lr": cfg.lr}]
+        groups = [group for group in groups if group["params"]]
+    for group in groups:
+        group["base_lr"] = group["lr"]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise UserError(f"train.optimizer must be 'sgd' or 'adamw', not {cfg.optimizer!r}")
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise UserError(f"train.optimizer must be 'sgd', 'adam' or 'adamw', not {cfg.optimizer!r}")
+
+
+def lr_factor(progress: float, steps: list[float], gamma: float) -> float:
+    """gamma ** (the number of `steps` fractions that training `progress` (0..1) has reached)."""
+    return float(gamma) ** sum(1 for fraction in steps if progress >= fraction)
+
+
+def set_learning_rates(optimizer, progress: float, steps: list[float], gamma: float) -> None:
+    """Every group at its base lr times `lr_factor`: a function of progress alone, so a run resumed
+    from a checkpoint continues on the same schedule without a scheduler state."""
+    factor = lr_factor(progress, steps, gamma)
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
 
 
 def _mlflow_client(config: dict[str, Any]):
