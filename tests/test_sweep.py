@@ -36,7 +36,7 @@ def mlflow_store(tmp_path, monkeypatch):
 
 def _tiny_sweep_params(workspace, **tune_overrides) -> dict:
     data = copy.deepcopy(workspace.params_dict)
-    data["tune"] = {**data["tune"], "space": copy.deepcopy(TINY_SPACE), **tune_overrides}
+    data["tune"] = {**data["tune"], "space": {"rrla": copy.deepcopy(TINY_SPACE)}, **tune_overrides}
     return data
 
 
@@ -63,7 +63,7 @@ def test_space_from_params_yaml_is_exactly_the_papers_paths_each_a_typed_field(r
         node = getattr(params, section)
         for key in rest:
             node = getattr(node, key)  # the path is a field of the typed config
-        spec = repo_params_dict["tune"]["space"][path]
+        spec = repo_params_dict["tune"]["space"]["rrla"][path]
         (kind, args), = spec.items()
         if kind == "choice":
             assert isinstance(domain, Categorical) and list(domain.categories) == args
@@ -91,7 +91,7 @@ def test_space_from_params_yaml_is_exactly_the_papers_paths_each_a_typed_field(r
 ])
 def test_space_errors_name_the_bad_entry(repo_params_dict, path, spec, message):
     data = copy.deepcopy(repo_params_dict)
-    data["tune"]["space"] = {path: spec}
+    data["tune"]["space"] = {"rrla": {path: spec}}
     with pytest.raises(UserError, match=message):
         sweep.build_space(params_from_dict(data))
 
@@ -101,11 +101,11 @@ def test_a_view_size_is_searchable_when_the_backbone_is_not_frozen(repo_params_d
     # maps only: without tune.frozen_backbone it is a params path like any other
     data = copy.deepcopy(repo_params_dict)
     data["tune"]["frozen_backbone"] = False
-    data["tune"]["space"] = {"model.rrla.views.body.size": {"choice": [112, 224]}}
+    data["tune"]["space"] = {"rrla": {"model.rrla.views.body.size": {"choice": [112, 224]}}}
     space = sweep.build_space(params_from_dict(data))
     assert list(space) == ["model.rrla.views.body.size"] and list(space["model.rrla.views.body.size"].categories) == [
         112, 224]
-    data["tune"]["space"] = {"model.rrla.views.body.sise": {"choice": [112, 224]}}
+    data["tune"]["space"] = {"rrla": {"model.rrla.views.body.sise": {"choice": [112, 224]}}}
     with pytest.raises(UserError, match="is not a params path"):
         sweep.build_space(params_from_dict(data))
 
@@ -115,16 +115,16 @@ def test_a_train_value_the_model_sets_itself_is_refused(repo_params_dict):
     data = copy.deepcopy(repo_params_dict)
     data["model"]["name"] = "kosti"
     assert "lr" in data["model"]["kosti"]["train"]
-    data["tune"]["space"] = {"train.lr": {"loguniform": [0.001, 0.1]}}
+    data["tune"]["space"] = {"kosti": {"train.lr": {"loguniform": [0.001, 0.1]}}}
     with pytest.raises(UserError, match=r"'train\.lr' is set by model\.kosti\.train"):
         sweep.build_space(params_from_dict(data))
-    data["tune"]["space"] = {"train.weight_decay": {"loguniform": [1e-5, 1e-3]}}  # not one of kosti's
+    data["tune"]["space"] = {"kosti": {"train.weight_decay": {"loguniform": [1e-5, 1e-3]}}}  # not one of kosti's
     assert set(sweep.build_space(params_from_dict(data))) == {"train.weight_decay"}
 
 
 def test_object_counts_beyond_the_stored_top_n_are_refused(tiny_workspace):
     data = _tiny_sweep_params(tiny_workspace)
-    data["tune"]["space"]["model.rrla.boa.max_objects"] = {"choice": [2, 10]}  # the tiny store keeps 4
+    data["tune"]["space"]["rrla"]["model.rrla.boa.max_objects"] = {"choice": [2, 10]}  # the tiny store keeps 4
     with pytest.raises(UserError, match=r"offers \[10\] but the objects stage stored only 4"):
         sweep.check_object_prefix(params_from_dict(data), tiny_workspace.data / "objects")
 
@@ -368,7 +368,7 @@ def test_a_sweep_trains_whichever_model_params_name(tiny_workspace, ray_local, t
     data = copy.deepcopy(tiny_workspace.params_dict)
     data["model"]["name"] = "kosti"
     space = {"model.kosti.dropout": {"uniform": [0.0, 0.5]}, "model.kosti.fusion_dim": {"choice": [8, 16]}}
-    data["tune"] = {**data["tune"], "space": space, "num_samples": 2, "max_epochs": 1, "grace_period": 1,
+    data["tune"] = {**data["tune"], "space": {"kosti": space}, "num_samples": 2, "max_epochs": 1, "grace_period": 1,
                     "frozen_backbone": False}
     result = sweep.run(data, tiny_workspace.train_paths("sweep-kosti"), report_dir=tmp_path / "reports",
                        cache_root=tmp_path / "cache", log=lambda _: None, track=False)

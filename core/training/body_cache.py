@@ -54,6 +54,16 @@ def _sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+FROZEN_BACKBONE_MODELS = ("rrla",)
+
+
+def has_frozen_path(params: Params) -> bool:
+    """Whether `model.name` can train on cached backbone maps. SIB-Net's modules act inside every
+    backbone layer and CAER-Net trains its encoders from scratch, so neither can; Kosti and DAG-Net
+    could cache their body trunk but have no such path yet."""
+    return params.model.name in FROZEN_BACKBONE_MODELS
+
+
 def flagship_config(params: Params):
     """The flagship's config: the only family with a frozen-backbone path."""
     if params.model.name != "rrla":

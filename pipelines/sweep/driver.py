@@ -28,7 +28,7 @@ from pipelines.sweep.callbacks import (
     SweepTracker,
 )
 from pipelines.sweep.reports import trial_rows, write_reports
-from pipelines.sweep.space import build_space, check_object_prefix
+from pipelines.sweep.space import build_space, check_object_prefix, model_space
 from pipelines.sweep.trial import METRIC, MODE, trainable, trial_dirname
 
 SEARCHERS = ("optuna", "random")
@@ -68,7 +68,7 @@ def _start_parent_run(params: Params, state: dict[str, Any]) -> dict[str, str]:
     flat.update({f"tune.{k}": v for k, v in params_dict["tune"].items() if k != "space"})
     for key, value in flat.items():
         client.log_param(run.info.run_id, key, value)
-    client.log_dict(run.info.run_id, params_dict["tune"]["space"], "sweep/space.json")
+    client.log_dict(run.info.run_id, model_space(params), "sweep/space.json")
     return {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": run.info.run_id}
 
 
@@ -121,7 +121,10 @@ def _new_state(params_dict: dict[str, Any], paths: Workspace, *, samples: int | 
     resources = {"cpu": tune_cfg.cpus_per_trial, "gpu": tune_cfg.gpus_per_trial if use_gpu else 0}
     trial_overrides = {"train.epochs": tune_cfg.max_epochs, "train.num_workers": 1}
     cache = None
-    if tune_cfg.frozen_backbone:
+    if tune_cfg.frozen_backbone and not body_cache.has_frozen_path(params):
+        log(f"[sweep] tune.frozen_backbone: model {params.model.name!r} has no frozen-backbone path (only "
+            f"{', '.join(body_cache.FROZEN_BACKBONE_MODELS)} has): its trials train the whole network")
+    elif tune_cfg.frozen_backbone:
         cache = body_cache.run(params, paths, cache_root=cache_root, log=log)
         log(f"[sweep] body cache {cache['dir']} (built {cache['built'] or 'nothing'}, "
             f"reused {cache['reused'] or 'nothing'})")

@@ -16,7 +16,7 @@ from typing import Any
 from core.errors import UserError
 from core.params import Params
 from pipelines.sweep.callbacks import first_line
-from pipelines.sweep.space import field_at, native, nested
+from pipelines.sweep.space import field_at, model_space, native, nested
 from pipelines.sweep.trial import METRIC, MODE
 
 PAPER_CONFIG_NAME = Path("configs") / "paper-emotic.yaml"
@@ -102,7 +102,7 @@ def write_plots(rows: list[dict[str, Any]], params: Params, plots_dir: Path, met
     plots_dir.mkdir(parents=True, exist_ok=True)
     written = []
     styles = {"completed": ("o", "tab:blue"), "stopped early": ("v", "tab:orange"), "error": ("x", "tab:red")}
-    for path, spec in params.tune.space.items():
+    for path, spec in model_space(params).items():
         kind = next(iter(spec))
         fig, ax = plt.subplots(figsize=(5, 3.6))
         for status, (marker, colour) in styles.items():
@@ -160,7 +160,7 @@ def write_reports(rows: list[dict[str, Any]], state: dict[str, Any], params: Par
         "metric": metric_label, "mode": MODE, "searcher": params.tune.searcher,
         "scheduler": {"name": "ASHA", "max_t": state["max_epochs"], "grace_period": params.tune.grace_period,
                       "reduction_factor": params.tune.reduction_factor},
-        "data": state.get("data"), "frozen_backbone": params.tune.frozen_backbone,
+        "data": state.get("data"), "frozen_backbone": state.get("body_cache") is not None,
         "body_cache": state.get("body_cache"),
         "num_samples": state["num_samples"], "max_epochs": state["max_epochs"],
         "max_concurrent_trials": state["max_concurrent_trials"], "resources_per_trial": state["resources"],
@@ -169,7 +169,7 @@ def write_reports(rows: list[dict[str, Any]], state: dict[str, Any], params: Par
                  "params": best_flat},
         "paper": paper,
         "adopt": adopt_command(best_flat), "mlflow_parent_run_id": state.get("parent_run_id"),
-        "space": params.tune.space, "rows": rows, "plots": plots,
+        "space": model_space(params), "rows": rows, "plots": plots,
     }
     (report_dir / "sweep.json").write_text(json.dumps(summary, indent=2))
     (report_dir / "sweep.md").write_text(_markdown(summary, state, params, best_file.name))
@@ -201,7 +201,7 @@ def _markdown(summary: dict[str, Any], state: dict[str, Any], params: Params, be
         f"{counts['error']} errored) in {summary['wall_seconds'] / 60:.1f} min wall time; searcher "
         f"{params.tune.searcher}, ASHA (max {scheduler['max_t']} epochs, grace {scheduler['grace_period']}, "
         f"reduction factor {scheduler['reduction_factor']}), up to {state['max_concurrent_trials']} trials at "
-        f"once, {state['resources']} per trial; frozen backbone: {params.tune.frozen_backbone}.\n"
+        f"once, {state['resources']} per trial; frozen backbone: {state.get('body_cache') is not None}.\n"
         f"Metric: validation {metric_label} (best epoch of each trial).\n\n"
         f"## Best configuration ({metric_label} {best['val_metric']:.4f}, trial {best['trial_id']})\n\n"
         f"{compare}\n\nAdopt it: `{summary['adopt']}` (or merge `{best_file}`, next to this "

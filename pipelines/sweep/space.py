@@ -1,6 +1,7 @@
-"""The sweep's search space: `tune.space` in params.yaml as Ray Tune domains, checked against Params.
+"""The sweep's search space: `tune.space.<model>` in params.yaml as Ray Tune domains, checked against Params.
 
-The space maps dotted paths into the existing params (`model.rrla.boa.heads`) to one distribution
+`tune.space` holds one space per model family; the sweep searches the one of `model.name`
+(`model_space`). A space maps dotted paths into the existing params (`model.rrla.boa.heads`) to one distribution
 each (choice, uniform, loguniform, randint), never a repeated default: the defaults stay in
 their own sections. A path must be a field of the typed params; paths a trial cannot change
 are refused here, before anything runs: the objects stage and the tune section are not rerun
@@ -64,11 +65,24 @@ def _domain(dotted: str, spec: Any):
     return getattr(tune, kind)(float(args[0]), float(args[1]))
 
 
+def model_space(params: Params) -> dict[str, Any]:
+    """The search space of the model the sweep trains: `tune.space.<model.name>`."""
+    name = params.model.name
+    spaces = params.tune.space
+    if not isinstance(spaces, dict) or any(not isinstance(v, dict) for v in spaces.values()):
+        raise UserError("tune.space must map each model name to its space, e.g. tune.space.rrla: "
+                        "{model.rrla.boa.heads: {choice: [4, 8]}}")
+    if name not in spaces:
+        raise UserError(f"tune.space has no space for model {name!r} (model.name); spaces are given for "
+                        f"{sorted(spaces)}: add tune.space.{name}: {{<dotted path>: <distribution>}}")
+    if not spaces[name]:
+        raise UserError(f"tune.space.{name} in params.yaml is empty: nothing to search")
+    return spaces[name]
+
+
 def build_space(params: Params) -> dict[str, Any]:
-    """`tune.space` as Ray Tune domains, keyed by dotted path; every path checked against Params."""
-    space = params.tune.space
-    if not space:
-        raise UserError("tune.space in params.yaml is empty: nothing to search")
+    """`tune.space.<model.name>` as Ray Tune domains, keyed by dotted path; every path checked against Params."""
+    space = model_space(params)
     domains = {}
     for dotted, spec in space.items():
         if dotted == "train.epochs":
@@ -95,7 +109,7 @@ def build_space(params: Params) -> dict[str, Any]:
 def check_object_prefix(params: Params, objects_dir: Path) -> None:
     """N values beyond the stored top-N would all read the same objects: refuse them."""
     meta_path = Path(objects_dir) / "train" / "meta.json"
-    spec = params.tune.space.get("model.rrla.boa.max_objects")
+    spec = model_space(params).get("model.rrla.boa.max_objects") if params.model.name == "rrla" else None
     if spec is None or not meta_path.is_file():
         return
     stored = int(json.loads(meta_path.read_text())["top_n"])
