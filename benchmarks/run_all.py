@@ -12,7 +12,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 for script, args in (("bench_model.py", []), ("bench_objects.py", []), ("bench_train.py", []),
-                     ("bench_kosti.py", [])):
+                     ("bench_kosti.py", []), ("bench_context_models.py", [])):
     print(f"== {script}", flush=True)
     code = subprocess.call([sys.executable, str(HERE / script), *args])
     if code != 0:

@@ -16,6 +16,8 @@ import yaml
 
 from core.workspace import DEFAULT_WORKSPACE
 from models.config import CAERNetConfig, ConfigError, KostiConfig, RRLAConfig, from_dict, to_dict
+from models.dagnet_config import DAGNetConfig
+from models.sibnet_config import SIBNetConfig
 
 DEFAULT_PARAMS = DEFAULT_WORKSPACE.params_file
 
@@ -98,10 +100,12 @@ class ModelParams:
     `compare.models` entry), so DVC reruns only the branches whose section changed.
     """
 
-    name: str  # rrla | kosti | caernet (models/registry.py)
+    name: str  # rrla | kosti | caernet | sibnet | dagnet (models/registry.py)
     rrla: RRLAConfig
     kosti: KostiConfig
     caernet: CAERNetConfig
+    sibnet: SIBNetConfig
+    dagnet: DAGNetConfig
 
     def family(self, name: str | None = None) -> Any:
         """The typed config of family `name` (default: `model.name`)."""

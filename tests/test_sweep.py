@@ -122,6 +122,21 @@ def test_a_train_value_the_model_sets_itself_is_refused(repo_params_dict):
     assert set(sweep.build_space(params_from_dict(data))) == {"train.weight_decay"}
 
 
+def test_the_sweep_searches_the_space_of_model_name_and_says_when_it_has_none(repo_params_dict):
+    data = copy.deepcopy(repo_params_dict)
+    data["tune"]["space"] = {"rrla": {"model.rrla.eld.p": {"uniform": [0.0, 1.0]}},
+                             "caernet": {"model.caernet.dropout": {"uniform": [0.0, 0.5]}}}
+    assert list(sweep.build_space(params_from_dict(data))) == ["model.rrla.eld.p"]
+    data["model"]["name"] = "caernet"
+    assert list(sweep.build_space(params_from_dict(data))) == ["model.caernet.dropout"]
+    data["model"]["name"] = "kosti"
+    with pytest.raises(UserError, match=r"no space for model 'kosti'.*add tune\.space\.kosti"):
+        sweep.build_space(params_from_dict(data))
+    data["tune"]["space"] = {"model.rrla.eld.p": {"uniform": [0.0, 1.0]}}  # the flat form of before
+    with pytest.raises(UserError, match="must map each model name to its space"):
+        sweep.build_space(params_from_dict(data))
+
+
 def test_object_counts_beyond_the_stored_top_n_are_refused(tiny_workspace):
     data = _tiny_sweep_params(tiny_workspace)
     data["tune"]["space"]["rrla"]["model.rrla.boa.max_objects"] = {"choice": [2, 10]}  # the tiny store keeps 4
@@ -364,23 +379,23 @@ def test_the_paper_column_reads_configs_paper_emotic_yaml(tmp_path):
 
 
 def test_a_sweep_trains_whichever_model_params_name(tiny_workspace, ray_local, tmp_path):
-    """model.name kosti: the trials train Kosti's two streams with its own train section."""
+    """model.name dagnet: the trials search DAG-Net's partition N with its own lr (model.dagnet.train.lr);
+    with no frozen-backbone path the sweep trains the whole network and says so."""
     data = copy.deepcopy(tiny_workspace.params_dict)
-    data["model"]["name"] = "kosti"
-    space = {"model.kosti.dropout": {"uniform": [0.0, 0.5]}, "model.kosti.fusion_dim": {"choice": [8, 16]}}
-    data["tune"] = {**data["tune"], "space": {"kosti": space}, "num_samples": 2, "max_epochs": 1, "grace_period": 1,
-                    "frozen_backbone": False}
-    result = sweep.run(data, tiny_workspace.train_paths("sweep-kosti"), report_dir=tmp_path / "reports",
-                       cache_root=tmp_path / "cache", log=lambda _: None, track=False)
+    data["model"]["name"] = "dagnet"
+    space = {"model.dagnet.lsam.n": {"choice": [1, 2]}, "model.dagnet.train.lr": {"loguniform": [1e-4, 1e-3]}}
+    data["tune"] = {**data["tune"], "space": {"dagnet": space}, "num_samples": 2, "max_epochs": 1, "grace_period": 1,
+                    "searcher": "random", "frozen_backbone": True}
+    logged: list[str] = []
+    result = sweep.run(data, tiny_workspace.train_paths("sweep-dagnet"), report_dir=tmp_path / "reports",
+                       cache_root=tmp_path / "cache", log=logged.append, track=False)
+    assert any("'dagnet' has no frozen-backbone path" in line for line in logged)
     rows = result["rows"]
     assert len(rows) == 2 and all(r["status"] == "completed" and 0.0 <= r["best_val_metric"] <= 1.0 for r in rows)
-    assert {r["model.kosti.fusion_dim"] for r in rows} <= {8, 16}
+    assert {r["model.dagnet.lsam.n"] for r in rows} <= {1, 2}
+    assert all(1e-4 <= r["model.dagnet.train.lr"] <= 1e-3 for r in rows)
     best = yaml.safe_load((tmp_path / "reports" / "best_params.yaml").read_text())
     assert set(_flatten(best)) == set(space)
-    adopted = params_from_dict(apply_overrides(data, _flatten(best)))
-    assert adopted.model.kosti.fusion_dim in (8, 16)
-    # the frozen-backbone fast path is the flagship's only
-    data["tune"]["frozen_backbone"] = True
-    with pytest.raises(UserError, match="only rrla has"):
-        sweep.run(data, tiny_workspace.train_paths("sweep-kosti-frozen"), report_dir=tmp_path / "r2",
-                  cache_root=tmp_path / "cache", log=lambda _: None, track=False)
+    adopted = params_from_dict(apply_overrides(data, _flatten(best))).for_model()
+    assert adopted.model.dagnet.lsam.n in (1, 2) and adopted.train.lr == best["model"]["dagnet"]["train"]["lr"]
+    assert json.loads((tmp_path / "reports" / "sweep.json").read_text())["frozen_backbone"] is False

@@ -69,7 +69,7 @@ def model_space(params: Params) -> dict[str, Any]:
     """The search space of the model the sweep trains: `tune.space.<model.name>`."""
     name = params.model.name
     spaces = params.tune.space
-    if not isinstance(spaces, dict) or any(not isinstance(v, dict) for v in spaces.values()):
+    if not isinstance(spaces, dict) or any("." in k or not isinstance(v, dict) for k, v in spaces.items()):
         raise UserError("tune.space must map each model name to its space, e.g. tune.space.rrla: "
                         "{model.rrla.boa.heads: {choice: [4, 8]}}")
     if name not in spaces:
