@@ -152,17 +152,23 @@ def sweep(
     max_epochs: int | None = typer.Option(None, "--max-epochs", min=1,
                                              help="epochs per trial (default: tune.max_epochs)"),
     resume: bool = typer.Option(False, "--resume", help="continue the last interrupted sweep of this workspace"),
+    model: str | None = typer.Option(None, "--model", help="sweep this model family over tune.space.<model> "
+                                                           "(default: model.name)"),
     params_file: Path = typer.Option(DEFAULT_WORKSPACE.params_file, "--params"),
 ) -> None:
-    """Ray Tune sweep over tune.space (ASHA); writes reports/best_params.yaml, reports/sweep.{md,json}."""
+    """Ray Tune sweep over tune.space.<model> (ASHA); writes reports/best_params.yaml, reports/sweep.{md,json}."""
     from core.errors import UserError
-    from core.params import params_from_dict, read_yaml
+    from core.params import apply_overrides, params_from_dict, read_yaml
     from core.workspace import Workspace
     from pipelines import sweep as sweep_pipeline
 
     command = " ".join(["ctxemo sweep", *sys.argv[2:]])
     try:
         params_dict = read_yaml(params_file)
+        if model is not None:
+            if resume:
+                raise UserError("--resume continues the interrupted sweep with its own model; drop --model")
+            params_dict = apply_overrides(params_dict, {"model.name": model})
         paths = Workspace.at(data_root=params_from_dict(params_dict).data.root)
         result = sweep_pipeline.run(params_dict, paths, samples=samples, max_epochs=max_epochs, resume=resume,
                                     command=command)

@@ -272,7 +272,8 @@ def test_four_trial_asha_sweep_tracks_children_survives_a_crash_and_writes_adopt
     assert isinstance(flat["model.rrla.boa.heads"], int) and isinstance(flat["model.rrla.eld.p"], float)
     adopted = params_from_dict(apply_overrides(repo_params_dict, flat))
     assert adopted.model.rrla.boa.heads == winner["model.rrla.boa.heads"] and adopted.train.lr == winner["train.lr"]
-    assert result["adopt"].startswith("dvc exp run -S ") and result["adopt"].count(" -S ") == len(PAPER_PATHS)
+    assert result["adopt"].startswith("dvc exp run -S model.name=rrla -S ")
+    assert result["adopt"].count(" -S ") == len(PAPER_PATHS) + 1
 
     table = json.loads((tmp_path / "reports" / "sweep.json").read_text())
     assert table["rows"] == rows and table["best"]["trial_id"] == winner["trial_id"]
@@ -399,3 +400,20 @@ def test_a_sweep_trains_whichever_model_params_name(tiny_workspace, ray_local, t
     adopted = params_from_dict(apply_overrides(data, _flatten(best))).for_model()
     assert adopted.model.dagnet.lsam.n in (1, 2) and adopted.train.lr == best["model"]["dagnet"]["train"]["lr"]
     assert json.loads((tmp_path / "reports" / "sweep.json").read_text())["frozen_backbone"] is False
+
+
+def test_the_cli_sweeps_the_model_it_is_given_and_refuses_an_unknown_one(tmp_path, repo_params_dict):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    params_file = tmp_path / "params.yaml"
+    data = copy.deepcopy(repo_params_dict)
+    data["tune"]["space"] = {"rrla": data["tune"]["space"]["rrla"]}  # no space for DAG-Net
+    params_file.write_text(yaml.safe_dump(data))
+    unknown = CliRunner().invoke(app, ["sweep", "--model", "nope", "--params", str(params_file)])
+    assert unknown.exit_code != 0 and "unknown model 'nope'" in unknown.output
+    no_space = CliRunner().invoke(app, ["sweep", "--model", "dagnet", "--params", str(params_file)])
+    assert no_space.exit_code != 0 and "add tune.space.dagnet" in no_space.output
+    both = CliRunner().invoke(app, ["sweep", "--model", "dagnet", "--resume", "--params", str(params_file)])
+    assert both.exit_code != 0 and "drop --model" in both.output

@@ -88,8 +88,11 @@ def best_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return max(candidates, key=lambda r: r["best_val_metric"])
 
 
-def adopt_command(best_flat: dict[str, Any]) -> str:
-    return "dvc exp run " + " ".join(f"-S {path}={value}" for path, value in best_flat.items())
+def adopt_command(best_flat: dict[str, Any], model_name: str) -> str:
+    """The `dvc exp run` that trains the searched model with the winning values (model.name first:
+    a sweep of `ctxemo sweep --model dagnet` is adopted for DAG-Net, whatever params.yaml names)."""
+    settings = {"model.name": model_name, **best_flat}
+    return "dvc exp run " + " ".join(f"-S {path}={value}" for path, value in settings.items())
 
 
 def write_plots(rows: list[dict[str, Any]], params: Params, plots_dir: Path, metric_label: str,
@@ -151,7 +154,7 @@ def write_reports(rows: list[dict[str, Any]], state: dict[str, Any], params: Par
     best_file = report_dir / "best_params.yaml"
     header = (f"# Best of Ray Tune sweep {state['name']}: {metric_label} {best['best_val_metric']:.4f} "
               f"(trial {best['trial_id']}, epoch {best['best_epoch']}).\n"
-              f"# Only the searched paths; merge into params.yaml, e.g.\n#   {adopt_command(best_flat)}\n")
+              f"# Only the searched paths; merge into params.yaml, e.g.\n#   {adopt_command(best_flat, params.model.name)}\n")
     best_file.write_text(header + yaml.safe_dump(nested(best_flat), sort_keys=True))
 
     plots = write_plots(rows, params, plots_dir, metric_label, paper)
@@ -168,7 +171,7 @@ def write_reports(rows: list[dict[str, Any]], state: dict[str, Any], params: Par
         "best": {"trial_id": best["trial_id"], "val_metric": best["best_val_metric"], "epoch": best["best_epoch"],
                  "params": best_flat},
         "paper": paper,
-        "adopt": adopt_command(best_flat), "mlflow_parent_run_id": state.get("parent_run_id"),
+        "adopt": adopt_command(best_flat, params.model.name), "mlflow_parent_run_id": state.get("parent_run_id"),
         "space": model_space(params), "rows": rows, "plots": plots,
     }
     (report_dir / "sweep.json").write_text(json.dumps(summary, indent=2))
