@@ -78,6 +78,9 @@ def bench(name: str, cfg, variant: str, args: argparse.Namespace) -> dict:
         "seconds_per_batch": [round(t, 3) for t in times], "median_seconds_per_batch": round(median, 3),
         "samples_per_s": round(args.batch / median, 2),
         "parameters": {child: count_parameters(module) for child, module in model.named_children()},
+        # one level down: GSAM's extractor / perception layer / attention branch, LSAM's encoder / adjacency / GCN
+        "parameters_detail": {f"{child}.{name}": count_parameters(sub) for child, module in model.named_children()
+                              for name, sub in module.named_children()},
         "parameters_total": count_parameters(model),
     }
 
@@ -98,9 +101,7 @@ def main() -> None:
         cfg = params.model.family(name)
         results.append(bench(name, cfg, "demo (params.yaml)", args))
         if args.paper:
-            for dotted, value in PAPER[name].items():
-                cfg = replace_path(cfg, dotted, value) if not dotted.startswith("views.") else _with_view(cfg, dotted, value)
-            results.append(bench(name, cfg, "paper sizes", args))
+            results.append(bench(name, paper_config(cfg, PAPER[name]), "paper sizes", args))
     report = {
         "device": "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": platform.machine(), "cpu_count": os.cpu_count(),
@@ -115,16 +116,26 @@ def main() -> None:
         print(f"{r['model']:>7} {r['variant']:<19} {r['median_seconds_per_batch']:6.2f} s/batch "
               f"({r['samples_per_s']:.1f} samples/s; runs {', '.join(map(str, r['seconds_per_batch']))}), "
               f"{r['parameters_total'] / 1e6:.2f} M parameters; views {r['views']}")
-        print("        " + ", ".join(f"{k} {v / 1e6:.3f} M" for k, v in r["parameters"].items()))
+        print("        " + ", ".join(f"{k} {v:,}" for k, v in r["parameters"].items()))
+        print("        " + ", ".join(f"{k} {v:,}" for k, v in r["parameters_detail"].items()
+                                     if k.split(".")[0] in ("context", "lsam", "scm", "icm", "bam")))
     print(f"wrote {out}")
 
 
-def _with_view(cfg, dotted: str, value):
+def paper_config(cfg, overrides: dict):
+    """`cfg` with the dotted `overrides`; the view sizes change together (SIB-Net's ICM needs one size)."""
     import dataclasses
 
-    _, view, key = dotted.split(".")
-    views = {**cfg.views, view: dataclasses.replace(cfg.views[view], **{key: value})}
-    return dataclasses.replace(cfg, views=views)
+    views = dict(cfg.views)
+    for dotted, value in overrides.items():
+        if dotted.startswith("views."):
+            _, view, key = dotted.split(".")
+            views[view] = dataclasses.replace(views[view], **{key: value})
+    cfg = dataclasses.replace(cfg, views=views)
+    for dotted, value in overrides.items():
+        if not dotted.startswith("views."):
+            cfg = replace_path(cfg, dotted, value)
+    return cfg
 
 
 if __name__ == "__main__":

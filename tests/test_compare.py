@@ -32,6 +32,27 @@ def check_rows_against_the_branches(params, paths, table):
     assert all(f"| {name} |" in text for name in params.compare.models)
 
 
+def check_every_model_serves_what_it_was_evaluated_with(params, paths, workspace_root):
+    """`ctxemo predict` on a branch's folder gives a test person the evaluation path's scores, whatever
+    views the model reads (SIB-Net's masked images, DAG-Net's patches, ...)."""
+    import numpy as np
+
+    from core.data.manifest import read_manifest
+    from core.evaluation import evaluate
+    from core.inference import load_model_package
+    from pipelines import predict
+
+    for name in params.compare.models:
+        branch = comparison.branch_workspace(paths, name)
+        package = load_model_package(Path(branch.model_dir), Path(branch.thresholds_file))
+        reference = evaluate.score_split(package, branch, "test", batch_size=1).scores
+        row = read_manifest("test", branch.manifest_dir).iloc[0]
+        folder = str(Path(branch.model_dir).parent)
+        predictor = predict.Predictor(predict.load_model(folder, workspace_root), workspace_root)
+        (person,) = predictor.predict(branch.data_root / row["image_path"], [row["person_box"]]).people
+        np.testing.assert_allclose(person.scores, reference[0], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_every_model_trains_and_evaluates_on_emotic_data_into_one_tracked_table(tiny_workspace, ray_local,
                                                                                 mlflow_store):
     from mlflow.tracking import MlflowClient
@@ -48,6 +69,7 @@ def test_every_model_trains_and_evaluates_on_emotic_data_into_one_tracked_table(
     caernet = next(row for row in table["rows"] if row["model"] == "caernet")
     assert 0 <= caernet["face_fallbacks_test"] <= caernet["num_examples"]
     assert "VAD MAE" in Path(paths.compare_table).read_text()
+    check_every_model_serves_what_it_was_evaluated_with(params, paths, tiny_workspace.root)
 
     # one MLflow run per model, all children of the comparison's parent run, which gets the table
     parent = comparison.log_table(params, paths)

@@ -8,7 +8,8 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float):
-        return f"{value:.4f}"
+        # a learning rate like 4e-05 would print as 0.0000
+        return f"{value:.3g}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
     return str(value)
 
 
