@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from core import checkpoints
 from core.errors import UserError
 
 
@@ -34,7 +35,7 @@ def load_model_package(model_dir: Path, thresholds_file: Path | None = None) -> 
     checkpoint = Path(model_dir) / "model.pt"
     if not checkpoint.is_file():
         raise UserError(f"no trained model at {checkpoint}: run the train stage (dvc repro train) first")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = checkpoints.load(checkpoint, what="model file")
     model = model_from_checkpoint(state["spec"], state["state_dict"]).eval()
     thresholds = None
     if thresholds_file is not None and Path(thresholds_file).is_file():

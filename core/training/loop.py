@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from core import checkpoints
 from core.errors import UserError
 from core.faults import fault_point
 from core.params import Params, params_to_dict
@@ -214,12 +215,12 @@ class EpochLoop:
         return record
 
     def state_dict(self, epoch: int) -> dict[str, Any]:
-        return {
+        return checkpoints.plain({
             "model": _unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
             "epoch": epoch, "best": self.best, "history": self.history, "spec": self.spec,
             "params": params_to_dict(self.params), "metric": {self.metric_name: self.history[-1][self.metric_name]},
             "face_fallbacks": self.face_fallbacks,
-        }
+        })
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -235,7 +236,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     resume = ray.train.get_checkpoint()
     if resume is not None:
         with resume.as_directory() as ckpt_dir:
-            loop.resume(torch.load(Path(ckpt_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=False))
+            loop.resume(checkpoints.load(Path(ckpt_dir) / CHECKPOINT_FILE))
     loop.prepare()
     mlflow_client = _mlflow_client(config) if rank == 0 else None
     epochs = loop.params.train.epochs

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from core import env
+from core import checkpoints, env
 from core.errors import UserError
 from core.params import Params, params_to_dict
 from core.training.inputs import worker_config
@@ -98,7 +98,7 @@ def export_best(result, config: dict[str, Any], paths: Workspace) -> dict[str, A
     if best is None:
         raise RuntimeError(f"training produced no checkpoint (error: {result.error})")
     with best.as_directory() as ckpt_dir:
-        state = torch.load(Path(ckpt_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        state = checkpoints.load(Path(ckpt_dir) / CHECKPOINT_FILE)
     model_dir = Path(paths.model_dir)
     if model_dir.exists():
         shutil.rmtree(model_dir)
@@ -119,7 +119,7 @@ def last_history(result) -> list[dict[str, float]]:
     import torch
 
     with result.checkpoint.as_directory() as ckpt_dir:
-        return torch.load(Path(ckpt_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)["history"]
+        return checkpoints.load(Path(ckpt_dir) / CHECKPOINT_FILE)["history"]
 
 
 def run(params: Params, paths: Workspace, *, track: bool = True, run_name: str | None = None,

@@ -15,6 +15,7 @@ from typing import Any
 
 from ray import tune
 
+from core import checkpoints
 from core.faults import fault_point
 from core.params import apply_overrides, params_from_dict
 from core.workspace import Workspace
@@ -39,7 +40,7 @@ def sweep_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            loop.resume(torch.load(Path(ckpt_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=False))
+            loop.resume(checkpoints.load(Path(ckpt_dir) / CHECKPOINT_FILE))
     loop.prepare()
     trial_id = tune.get_context().get_trial_id()
 
