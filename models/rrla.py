@@ -55,6 +55,9 @@ from models.registry import register_model
 BODY_FEATURE_DIM = 2048
 FUSED_FEATURE_DIM = BODY_FEATURE_DIM + OBJECT_FEATURE_DIM
 BODY_INPUTS = ("image", "feature_map")
+# Object-feature channels with a smaller training std are centred, not scaled (set_object_feature_stats).
+# The features are ReLU outputs of order 0.1-10; fp16 storage resolves about 1e-3 at 1.
+MIN_SCALED_STD = 1e-3
 PERSON_VIEWS = ("auto", "body", "face")
 OBJECT_INPUTS = ("obj_feats", "obj_boxes", "obj_mask", "person_box")
 
@@ -149,7 +152,13 @@ class RelationalRegionLevelNet(nn.Module):
         self.config = dataclasses.replace(self.config, eld=eld_cfg)
 
     def set_object_feature_stats(self, mean: np.ndarray | torch.Tensor, std: np.ndarray | torch.Tensor) -> None:
-        """Standardise object features with these [2048] statistics (std is floored at 1e-6).
+        """Standardise object features with these [2048] statistics.
+
+        A channel whose training std is below MIN_SCALED_STD (a ReLU channel that is dead on the
+        training split, std exactly 0) is centred but not scaled: dividing by a tiny std would
+        turn any small test-time value there into a huge one (0.05 / 1e-6 = 50,000, measured to
+        raise the context norm from 12.8 to 28,564), and such a channel carries no information
+        the training could have learnt from anyway.
 
         With `model.rrla.standardise_objects: false` the features are read as stored (the paper's
         way): the buffers stay the identity, so the state_dict has the same keys either way.
@@ -162,7 +171,7 @@ class RelationalRegionLevelNet(nn.Module):
         if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
             raise ValueError("object feature statistics contain NaN or infinite values")
         self.object_feature_mean.copy_(mean)
-        self.object_feature_std.copy_(std.clamp_min(1e-6))
+        self.object_feature_std.copy_(torch.where(std < MIN_SCALED_STD, torch.ones_like(std), std))
 
     def set_body_input(self, kind: str) -> None:
         """What `body` is in forward: "image" (crops [B,3,S,S]) or "feature_map" (backbone

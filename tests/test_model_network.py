@@ -432,3 +432,25 @@ def test_the_standardisation_switch_leaves_object_features_as_stored_with_the_sa
     assert plain.state_dict().keys() == full.state_dict().keys()
     plain.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith("object_feature")},
                           strict=False)  # every shared weight loads; only the switched buffers differ
+
+
+def test_a_channel_dead_on_the_training_split_is_not_blown_up_at_test_time():
+    """#17: a channel always 0 in training (std 0) that is 0.05 at test time. With the old std floor
+    of 1e-6 it became 50,000 and the logits jumped (0.26 -> 137 measured); now it is centred only."""
+    model = make_model(small_config()).eval()
+    dead = 7
+    mean, std = np.zeros(2048, np.float32), np.ones(2048, np.float32)
+    std[dead] = 0.0
+    model.set_object_feature_stats(mean, std)
+    assert model.object_feature_std[dead] == 1.0 and torch.all(model.object_feature_std[:dead] == 1.0)
+    inputs = make_inputs()
+    inputs["obj_feats"] = inputs["obj_feats"].clone()
+    inputs["obj_feats"][..., dead] = 0.0
+    awake = dict(inputs, obj_feats=inputs["obj_feats"].clone())
+    awake["obj_feats"][..., dead] = 0.05
+    with torch.no_grad():
+        change = (model(awake).logits - model(inputs).logits).abs().max().item()
+        assert change < 0.05
+        model.object_feature_std[dead] = 1e-6  # the old floor: the same input moves the logits by far more
+        blown = (model(awake).logits - model(inputs).logits).abs().max().item()
+    assert blown > 100 * max(change, 1e-6) and blown > 0.5
