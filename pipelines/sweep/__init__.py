@@ -1,12 +1,14 @@
-"""Ray Tune sweep over the paper's hyperparameters (BOA heads h, ELD p and t, projection
-width d, objects N) and the learning rate, with ASHA early stopping.
+"""Ray Tune sweep over a model's hyperparameters, with ASHA early stopping: for the flagship the
+paper's (BOA heads h, ELD p and t, projection width d, objects N) and the learning rate, for
+DAG-Net its partition N and learning rate.
 
-    ctxemo sweep                          # tune.* from params.yaml
+    ctxemo sweep                          # tune.* from params.yaml, the model of model.name
+    ctxemo sweep --model dagnet           # another model family, over tune.space.dagnet
     ctxemo sweep --samples 16 --max-epochs 6
     ctxemo sweep --resume                 # continue the last interrupted sweep of this workspace
     python -m pipelines.sweep [OPTIONS]   # the same, for cluster jobs (infra/kuberay/rayjob-sweep.yaml)
 
-The space is `tune.space` in params.yaml: dotted paths into the existing params, each with
+The space is `tune.space.<model.name>` in params.yaml: dotted paths into the existing params, each with
 a distribution, never a repeated default (`space`). Every trial is params.yaml with its
 sampled values applied (core.params.apply_overrides), trained by the training stage's own
 `EpochLoop` (core/training/loop.py): one training implementation (`trial`). A trial reports
