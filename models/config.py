@@ -183,10 +183,12 @@ class BOAConfig:
 @dataclass(frozen=True)
 class ELDConfig:
     enabled: bool
-    t: float  # co-occurrence threshold, eq. 6
+    t: float  # co-occurrence threshold (the text below eq. 6)
     p: float  # re-weighting, eq. 7
     hidden: int  # width of the first GCN layer (d_z -> hidden -> 4096)
     scaled: bool  # scores / sqrt(4096): keeps SGD stable from scratch (models/eld.py)
+    propagation: str  # as_written (Â) | transposed (Âᵀ, as ML-GCN's code)
+    activation: str  # between_layers (as ML-GCN's code) | every_layer (as eq. 6 writes)
 
 
 @dataclass(frozen=True)

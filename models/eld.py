@@ -1,12 +1,12 @@
-"""Emotion-label dependency (ELD), eq. 6-8: a two-layer GCN over the label graph whose
-outputs are the per-class classifiers applied to the fused feature F.
+"""Emotion-label dependency (ELD): a two-layer GCN over the label graph whose outputs are the
+per-class classifiers applied to the fused feature F. Equation numbers are the paper's:
 
-    A_ij   = 1[P_ij >= t]                    for i != j                      (eq. 6)
-    A^r_ij = p * A_ij / sum_{k != i} A_ik     for i != j;   A^r_ii = 1 - p    (eq. 7)
-    Â      = D^-1/2 A^r D^-1/2,   D_ii = sum_j A^r_ij                        (eq. 8)
-    H^(1)  = LeakyReLU_0.2(Â Z W^(0))          Z: [C, d_z] label embeddings
-    H^(2)  = Â H^(1) W^(1)                     [C, 4096]
-    ŷ      = F H^(2)^T / s                     one dot product per class; s = sqrt(4096) or 1
+    A_ij   = 1[P_ij >= t]                    for i != j        (text below eq. 6)
+    A^r_ij = p * A_ij / sum_{k != i} A_ik     for i != j;   A^r_ii = 1 - p      (eq. 7)
+    Â      = D^-1/2 A^r D^-1/2,   D_ii = sum_j A^r_ij          ("normalized", unnumbered)
+    H^(1)  = σ(Â Z W^(0))                      Z: [C, d_z] label embeddings    (eq. 6, l = 0)
+    H^(2)  = Â H^(1) W^(1)                     [C, 4096]                        (eq. 6, l = 1)
+    ŷ      = F H^(2)^T / s                     one dot product per class; s = sqrt(4096) or 1  (eq. 8)
 
 Reading of the equations:
 - P is the contract's P[i,j] = P(label j | label i) with P[i,i] = 0. The diagonal of A is
@@ -15,10 +15,20 @@ Reading of the equations:
 - A row with no neighbour above t would divide 0 by 0 in eq. 7. We give such a class all
   of its weight on itself (A^r_ii = 1): the p that would go to neighbours has nowhere to go.
   So every row of A^r sums to 1 for every p in [0, 1], D has no zero entry, and Â is
-  well defined. (With rows summing to 1, D = I and Â = A^r; eq. 8 is still computed, with
-  zero degrees mapped to 0, so the code stays right for any A^r.)
-- As in ML-GCN (Chen et al., 2019), on which ELD is built, the activation sits between the
-  two layers only, and the GCN weights have no bias: ŷ = H^(2) F is a pure dot product.
+  well defined. With rows summing to 1, D = I and Â = A^r: the adjacency the GCN applies is
+  row-stochastic (each class mixes a convex combination of its neighbours), not symmetric.
+  The normalisation is still computed, with zero degrees mapped to 0, so the code stays right
+  for any A^r.
+- Two readings differ between the paper and ML-GCN's code (Chen et al., 2019, on which ELD is
+  built), each a param with today's behaviour as the default:
+  `model.rrla.eld.propagation`: `as_written` applies Â as above (class i reads its
+  neighbours j with P(j|i) >= t); `transposed` applies Âᵀ, as ML-GCN's gen_adj does
+  ((A D)ᵀ D, so class j reads the classes i that predict it).
+  `model.rrla.eld.activation`: `between_layers` puts σ between the two layers only, as
+  ML-GCN does; `every_layer` also applies it to H^(2), as eq. 6 writes for every l.
+  σ is LeakyReLU(0.2) (ML-GCN's; the paper says "usually ReLU"). The GCN weights have no
+  bias: ŷ is a pure dot product. Neither switch changes a parameter or a buffer: a model
+  built with either one loads the state_dict of the other.
 
 The 1/sqrt(feature_dim) temperature (`model.rrla.eld.scaled`, default on) is ours, not the
 paper's: ŷ is a product of two learned 4096-d vectors, and at a standard initialisation its
@@ -30,14 +40,15 @@ for eq. 8 verbatim, e.g. with pretrained features and a smaller lr. The "ELD off
 linear classifier uses the same temperature (models/rrla.py), so that ablation removes the
 graph and nothing else.
 
-P, Z and Â are buffers: they travel in the state_dict. `set_edge_params(t, p)` recomputes Â
-from the stored P, so a sweep over t and p never recomputes the co-occurrence statistics.
+P, Z and Â (as written, whatever the propagation) are buffers: they travel in the
+state_dict. `set_edge_params(t, p)` recomputes Â from the stored P, so a sweep over t and p
+never recomputes the co-occurrence statistics.
 
 Plain torch rather than torch-geometric's DenseGCNConv: DenseGCNConv renormalises the
 adjacency inside every call with its own rule (self-loops overwritten with 1 when
-add_loop is on, degrees clamped at 1), which is not eq. 7-8. Precomputing Â once from
-eq. 7-8 and applying it with two bias-free linear maps is exact, cheaper (C is 26) and
-keeps torch-geometric out of the model's import path.
+add_loop is on, degrees clamped at 1), which is not eq. 7. Precomputing Â once and
+applying it with two bias-free linear maps is exact, cheaper (C is 26) and keeps
+torch-geometric out of the model's import path.
 """
 from __future__ import annotations
 
@@ -49,6 +60,8 @@ from torch.nn import functional as F
 from models.config import ConfigError
 
 LEAKY_SLOPE = 0.2
+PROPAGATIONS = ("as_written", "transposed")
+ACTIVATIONS = ("between_layers", "every_layer")
 
 
 def _as_float_tensor(value: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
@@ -60,7 +73,7 @@ def _as_float_tensor(value: np.ndarray | torch.Tensor, what: str) -> torch.Tenso
 
 
 def binary_adjacency(cooccurrence: torch.Tensor, t: float) -> torch.Tensor:
-    """Eq. 6 without the diagonal: A_ij = 1[P_ij >= t] for i != j, A_ii = 0."""
+    """The thresholding below eq. 6, without the diagonal: A_ij = 1[P_ij >= t] for i != j, A_ii = 0."""
     adjacency = (cooccurrence >= t).to(cooccurrence.dtype)
     return adjacency * (1.0 - torch.eye(len(cooccurrence), dtype=cooccurrence.dtype))
 
@@ -81,14 +94,14 @@ def reweighted_adjacency(cooccurrence: torch.Tensor, t: float, p: float) -> torc
 
 
 def normalized_adjacency(reweighted: torch.Tensor) -> torch.Tensor:
-    """Eq. 8: D^-1/2 A^r D^-1/2 with D_ii = sum_j A^r_ij (a zero degree maps to 0)."""
+    """Â = D^-1/2 A^r D^-1/2 with D_ii = sum_j A^r_ij (a zero degree maps to 0)."""
     degree = reweighted.sum(dim=1)
     inv_sqrt = torch.where(degree > 0, degree.clamp(min=1e-12).rsqrt(), torch.zeros_like(degree))
     return inv_sqrt[:, None] * reweighted * inv_sqrt[None, :]
 
 
 def eld_adjacency(cooccurrence: torch.Tensor, t: float, p: float) -> torch.Tensor:
-    """Â of eq. 8 from the raw co-occurrence matrix P."""
+    """Â (thresholding, eq. 7, normalisation) from the raw co-occurrence matrix P."""
     return normalized_adjacency(reweighted_adjacency(cooccurrence, t, p))
 
 
@@ -104,8 +117,15 @@ class EmotionLabelDependency(nn.Module):
         hidden: int = 2048,
         feature_dim: int = 4096,
         scaled: bool = True,
+        propagation: str = "as_written",
+        activation: str = "between_layers",
     ) -> None:
         super().__init__()
+        if propagation not in PROPAGATIONS:
+            raise ConfigError(f"model.rrla.eld.propagation must be one of {PROPAGATIONS}, got {propagation!r}")
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"model.rrla.eld.activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.propagation, self.activation = propagation, activation
         cooc = _as_float_tensor(cooccurrence, "cooccurrence (P)")
         embeddings = _as_float_tensor(label_embeddings, "label_embeddings (Z)")
         if cooc.dim() != 2 or cooc.shape[0] != cooc.shape[1]:
@@ -138,10 +158,17 @@ class EmotionLabelDependency(nn.Module):
         self.adjacency.copy_(eld_adjacency(self.cooccurrence, t, p))
         self.t, self.p = float(t), float(p)
 
+    def propagation_matrix(self) -> torch.Tensor:
+        """The matrix each GCN layer multiplies by: Â as written, or Âᵀ (ML-GCN)."""
+        return self.adjacency if self.propagation == "as_written" else self.adjacency.t()
+
     def classifiers(self) -> torch.Tensor:
-        """H^(2): one 4096-d classifier per class, [C, feature_dim]."""
-        hidden = F.leaky_relu(self.adjacency @ self.gcn1(self.label_embeddings), LEAKY_SLOPE)
-        return self.adjacency @ self.gcn2(hidden)
+        """H^(2): one 4096-d classifier per class, [C, feature_dim] (eq. 6 twice)."""
+        adjacency = self.propagation_matrix()
+        hidden = F.leaky_relu(adjacency @ self.gcn1(self.label_embeddings), LEAKY_SLOPE)
+        output = adjacency @ self.gcn2(hidden)
+        return F.leaky_relu(output, LEAKY_SLOPE) if self.activation == "every_layer" else output
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Eq. 8: one score per class, F · H^(2)_c (divided by s when scaled)."""
         return (features @ self.classifiers().t()) * self.logit_scale

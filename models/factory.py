@@ -13,6 +13,7 @@ state_dict) and returns it in eval mode.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,27 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
     }
 
 
+# Config keys that were added after checkpoints had been written, with the value that rebuilds
+# the network those older checkpoints hold (what the code did before the key existed). Only a
+# checkpoint's own spec is completed this way; params.yaml must name every key.
+KEYS_ADDED_LATER: dict[str, dict[str, Any]] = {
+    "rrla": {"eld.propagation": "as_written", "eld.activation": "between_layers"},
+}
+
+
+def with_keys_added_later(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """`config` (a checkpoint's `model.<name>`) with the keys of KEYS_ADDED_LATER it lacks."""
+    config = copy.deepcopy(config)
+    for dotted, value in KEYS_ADDED_LATER.get(name, {}).items():
+        *parents, leaf = dotted.split(".")
+        section = config
+        for parent in parents:
+            section = section.get(parent) if isinstance(section, dict) else None
+        if isinstance(section, dict) and leaf not in section:
+            section[leaf] = value
+    return config
+
+
 def model_from_checkpoint(spec: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Rebuild the network described by `spec` and load `state_dict` into it (strict)."""
     if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
@@ -120,7 +142,7 @@ def model_from_checkpoint(spec: dict[str, Any], state_dict: dict[str, torch.Tens
         label_embeddings = torch.zeros(num_classes, int(embedding_dim))
     model = build_model(
         spec["name"],
-        spec["config"],
+        with_keys_added_later(spec["name"], spec["config"]) if isinstance(spec["config"], dict) else spec["config"],
         num_classes=num_classes,
         task=spec["task"],
         cooccurrence=cooccurrence,

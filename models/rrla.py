@@ -128,6 +128,7 @@ class RelationalRegionLevelNet(nn.Module):
             self.eld = EmotionLabelDependency(
                 cooccurrence, label_embeddings, cfg.eld.t, cfg.eld.p,
                 hidden=cfg.eld.hidden, feature_dim=FUSED_FEATURE_DIM, scaled=cfg.eld.scaled,
+                propagation=cfg.eld.propagation, activation=cfg.eld.activation,
             )
             if self.eld.num_classes != num_classes:
                 raise ValueError(
@@ -144,7 +145,7 @@ class RelationalRegionLevelNet(nn.Module):
         return None if self.eld is None else self.eld.embedding_dim
 
     def set_label_graph(self, t: float, p: float) -> None:
-        """Change ELD's t and p (eq. 6-7) in place; the saved config follows."""
+        """Change ELD's t and p (thresholding and eq. 7) in place; the saved config follows."""
         if self.eld is None:
             raise ConfigError("set_label_graph: this model has no ELD module")
         self.eld.set_edge_params(t, p)

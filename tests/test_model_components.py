@@ -1,4 +1,4 @@
-"""BOA (eq. 1-5), ELD (eq. 6-8) and BPA in isolation, against hand computations."""
+"""BOA (eq. 1-5), ELD (eq. 6-8 with the thresholding and normalisation) and BPA in isolation, against hand computations."""
 from __future__ import annotations
 
 import math
@@ -177,7 +177,7 @@ P_HAND = torch.tensor([
 ])
 
 
-def test_eq6_binary_adjacency_by_hand():
+def test_thresholded_adjacency_by_hand():
     expected = torch.tensor([
         [0.0, 1.0, 0.0, 1.0],
         [1.0, 0.0, 1.0, 0.0],  # 0.20 >= t counts
@@ -202,13 +202,15 @@ def test_eq7_reweighted_adjacency_by_hand():
         [0.0, 0.6, 0.0, 0.4],
     ])
     assert torch.allclose(reweighted_adjacency(P_HAND, 0.3, 0.6), expected_t03_p06)
-    # eq. 8 on rows that sum to 1: D = I, so Â = A^r
+    # the normalisation on rows that sum to 1: D = I, so Â = A^r (row-stochastic, not symmetric)
     assert torch.allclose(eld_adjacency(P_HAND, 0.2, 0.2), expected)
+    assert torch.allclose(eld_adjacency(P_HAND, 0.2, 0.2).sum(dim=1), torch.ones(4))
+    assert not torch.allclose(eld_adjacency(P_HAND, 0.2, 0.2), eld_adjacency(P_HAND, 0.2, 0.2).T)
     with pytest.raises(ConfigError, match=r"model.rrla.eld.p must lie in \[0, 1\]"):
         reweighted_adjacency(P_HAND, 0.2, 1.5)
 
 
-def test_eq8_normalisation_by_hand():
+def test_degree_normalisation_by_hand():
     a_r = torch.tensor([[1.0, 1.0, 0.0], [1.0, 3.0, 0.0], [0.0, 0.0, 0.0]])  # degrees 2, 4, 0
     expected = torch.tensor([
         [0.5, 0.35355339, 0.0],
@@ -247,6 +249,48 @@ def test_eld_scores_are_per_class_dot_products_with_gcn_classifiers():
     assert torch.allclose(scaled(features), expected / 12 ** 0.5, atol=1e-5)
     eld(features).sum().backward()
     assert eld.gcn1.weight.grad.abs().sum() > 0 and eld.gcn2.weight.grad.abs().sum() > 0
+
+
+def _hand_classifiers(eld, embeddings, adjacency, every_layer):
+    h1 = F.leaky_relu(adjacency @ embeddings @ eld.gcn1.weight.T, negative_slope=0.2)
+    h2 = adjacency @ h1 @ eld.gcn2.weight.T
+    return F.leaky_relu(h2, negative_slope=0.2) if every_layer else h2
+
+
+@pytest.mark.parametrize("propagation", ["as_written", "transposed"])
+@pytest.mark.parametrize("activation", ["between_layers", "every_layer"])
+def test_eld_propagation_and_activation_readings_by_hand(propagation, activation):
+    # as_written: Â (class i reads the j with P(j|i) >= t); transposed: Âᵀ, ML-GCN's gen_adj.
+    # every_layer: σ on H^(2) as eq. 6 writes; between_layers: ML-GCN's σ between layers only.
+    torch.manual_seed(0)
+    embeddings = torch.randn(4, 6)
+    default = EmotionLabelDependency(P_HAND, embeddings, t=0.2, p=0.2, hidden=8, feature_dim=12, scaled=False)
+    switched = EmotionLabelDependency(P_HAND, embeddings, t=0.2, p=0.2, hidden=8, feature_dim=12, scaled=False,
+                                      propagation=propagation, activation=activation)
+    # neither switch adds, drops or reshapes a parameter or buffer: the default's state loads strictly
+    missing, unexpected = switched.load_state_dict(default.state_dict(), strict=True)
+    assert missing == [] and unexpected == []
+    assert torch.equal(switched.adjacency, eld_adjacency(P_HAND, 0.2, 0.2))  # the buffer is Â either way
+    a_hat = eld_adjacency(P_HAND, 0.2, 0.2)
+    applied = a_hat if propagation == "as_written" else a_hat.T
+    expected = _hand_classifiers(default, embeddings, applied, activation == "every_layer")
+    assert torch.allclose(switched.classifiers(), expected, atol=1e-6)
+    features = torch.randn(3, 12)
+    assert torch.allclose(switched(features), features @ expected.T, atol=1e-5)
+    if (propagation, activation) != ("as_written", "between_layers"):
+        assert not torch.allclose(switched.classifiers(), default.classifiers(), atol=1e-4)
+    switched.set_edge_params(0.3, 0.6)  # t, p changes keep the reading
+    a_hat = eld_adjacency(P_HAND, 0.3, 0.6)
+    applied = a_hat if propagation == "as_written" else a_hat.T
+    assert torch.allclose(switched.classifiers(),
+                          _hand_classifiers(default, embeddings, applied, activation == "every_layer"), atol=1e-6)
+
+
+def test_eld_refuses_unknown_readings():
+    with pytest.raises(ConfigError, match="model.rrla.eld.propagation must be one of"):
+        EmotionLabelDependency(P_HAND, torch.zeros(4, 3), 0.2, 0.2, propagation="symmetric")
+    with pytest.raises(ConfigError, match="model.rrla.eld.activation must be one of"):
+        EmotionLabelDependency(P_HAND, torch.zeros(4, 3), 0.2, 0.2, activation="relu")
 
 
 def test_eld_rejects_mismatched_inputs():

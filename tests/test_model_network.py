@@ -454,3 +454,27 @@ def test_a_channel_dead_on_the_training_split_is_not_blown_up_at_test_time():
         model.object_feature_std[dead] = 1e-6  # the old floor: the same input moves the logits by far more
         blown = (model(awake).logits - model(inputs).logits).abs().max().item()
     assert blown > 100 * max(change, 1e-6) and blown > 0.5
+
+
+@pytest.mark.parametrize("switch", [{"eld__propagation": "transposed"}, {"eld__activation": "every_layer"}])
+def test_eld_readings_load_the_full_models_weights_and_change_only_the_scores(switch):
+    full = make_model(small_config()).eval()
+    switched = make_model(small_config(**switch), seed=1).eval()
+    assert _load_shared(full, switched) == (set(), set())
+    inputs = make_inputs()
+    with torch.no_grad():
+        fused_full, attention_full = full.fused_feature(inputs)
+        fused_switched, attention_switched = switched.fused_feature(inputs)
+        assert torch.equal(fused_full, fused_switched) and torch.equal(attention_full, attention_switched)
+        assert not torch.allclose(full(inputs).logits, switched(inputs).logits, atol=1e-4)
+
+
+def test_a_checkpoint_written_before_the_eld_readings_existed_loads_as_it_was_trained():
+    model = make_model(small_config()).eval()
+    spec = model_spec(model)
+    for key in ("propagation", "activation"):
+        del spec["config"]["eld"][key]
+    rebuilt = model_from_checkpoint(spec, model.state_dict())
+    assert (rebuilt.config.eld.propagation, rebuilt.config.eld.activation) == ("as_written", "between_layers")
+    with torch.no_grad():
+        assert torch.equal(rebuilt(make_inputs()).logits, model(make_inputs()).logits)
