@@ -184,6 +184,28 @@ def test_shipped_configs_merge_into_params(tmp_path, config):
     assert (tmp_path / "params.yaml.bak").is_file()
 
 
+PAPER_TRAIN_KEYS = ("optimizer", "lr", "momentum", "batch_size", "backbone_lr", "lr_steps", "weight_decay",
+                    "grad_clip_norm", "loss", "epochs", "frozen_backbone", "precise_bn")
+
+
+def test_the_paper_config_sets_every_flagship_and_training_key_it_depends_on(repo_params_dict):
+    # nothing the paper lacks may be inherited from params.yaml's CPU-demo settings
+    from support import REPO
+
+    from core.params import read_yaml
+    from core.tracking import flatten
+
+    paper = dict(flatten(read_yaml(REPO / "configs/paper-emotic.yaml")))
+    flagship = [k for k, _ in flatten({"model": {"rrla": repo_params_dict["model"]["rrla"]}})
+                if not k.startswith("model.rrla.train")]
+    assert [k for k in flagship if k not in paper] == []
+    assert [k for k in PAPER_TRAIN_KEYS if f"train.{k}" not in paper] == []
+    literal = {"model.rrla.bpa.hidden": 32, "model.rrla.eld.scaled": False, "model.rrla.eld.activation": "every_layer",
+               "model.rrla.standardise_objects": False, "train.weight_decay": 0.0, "train.grad_clip_norm": None,
+               "train.lr": 0.01, "train.momentum": 0.9, "train.batch_size": 200, "objects.top_n": 50}
+    assert {k: paper[k] for k in literal} == literal
+
+
 def test_config_with_a_typo_is_rejected_and_params_untouched(tmp_path):
     import shutil
 
