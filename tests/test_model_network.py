@@ -469,12 +469,14 @@ def test_eld_readings_load_the_full_models_weights_and_change_only_the_scores(sw
         assert not torch.allclose(full(inputs).logits, switched(inputs).logits, atol=1e-4)
 
 
-def test_a_checkpoint_written_before_the_eld_readings_existed_loads_as_it_was_trained():
+def test_a_checkpoint_written_before_the_standardisation_switch_and_eld_readings_loads_as_it_was_trained():
     model = make_model(small_config()).eval()
     spec = model_spec(model)
     for key in ("propagation", "activation"):
         del spec["config"]["eld"][key]
+    del spec["config"]["standardise_objects"]  # added in #17: before it, the features were always standardised
     rebuilt = model_from_checkpoint(spec, model.state_dict())
     assert (rebuilt.config.eld.propagation, rebuilt.config.eld.activation) == ("as_written", "between_layers")
+    assert rebuilt.config.standardise_objects is True
     with torch.no_grad():
         assert torch.equal(rebuilt(make_inputs()).logits, model(make_inputs()).logits)
