@@ -122,9 +122,13 @@ def configure(
     typer.echo(("would change" if dry_run else "changed") + f" {len(changes)} key(s) in {params_file}")
 
 
+VARIANT_HELP = ("a column of the paper's Table 4 (repeatable; default all ten): baseline, bpa_only, boa_only, "
+                "eld_only, no_eld, no_bpa, no_boa, no_geometry, mobilenet_v2, full")
+
+
 @app.command()
 def ablate(
-    variant: list[str] = typer.Option(None, "--variant", help="full | no_boa | no_bpa | no_eld | no_geometry (repeatable; default all)"),
+    variant: list[str] = typer.Option(None, "--variant", help=VARIANT_HELP),
     seed: list[int] = typer.Option(None, "--seed", help="train each variant with this seed (repeatable; default: params' seed)"),
     fresh: bool = typer.Option(False, "--fresh", help="retrain runs that finished before with the same params, code and data"),
     frozen_backbone: bool = typer.Option(False, "--frozen-backbone",
@@ -144,6 +148,38 @@ def ablate(
     typer.echo(result["markdown"])
     report = Path(result["report"])
     typer.echo(f"written: {report}, {report.with_suffix('.json')}")
+
+
+@app.command()
+def diagnose(
+    split: str = typer.Option("val", help="val | test: the persons whose BOA attention and BPA gates are recorded"),
+    nearest: int = typer.Option(3, min=1, help="attention mass on this many objects nearest the person"),
+    model_dir: Path | None = typer.Option(None, "--model-dir", help="a folder holding model.pt (default: artifacts/model)"),
+    probe: bool = typer.Option(True, "--probe/--no-probe", help="the linear probe on the stored object features"),
+    out: Path | None = typer.Option(None, "--out", help="folder for diagnose.{md,json} (default: reports/)"),
+    params_file: Path = typer.Option(DEFAULT_WORKSPACE.params_file, "--params"),
+) -> None:
+    """What the trained rrla model attends to (BOA mass near the person, BPA gates) and a linear probe."""
+    from core.errors import UserError
+    from core.workspace import Workspace
+    from pipelines import diagnose as diagnose_pipeline
+
+    if split not in diagnose_pipeline.SPLITS:
+        _fail(f"--split must be one of {', '.join(diagnose_pipeline.SPLITS)}, not {split!r}")
+    params = _workspace_params(params_file)
+    paths = Workspace.at(data_root=params.data.root)
+    paths = paths.moved(model_dir=model_dir) if model_dir is not None else paths
+    if not (Path(paths.model_dir) / "model.pt").is_file():
+        _fail(f"no trained model at {Path(paths.model_dir) / 'model.pt'}: run `make demo` or `dvc repro train` "
+              "first, or pass --model-dir")
+    try:
+        result = diagnose_pipeline.run(paths, split=split, nearest=nearest, with_probe=probe,
+                                       batch_size=params.for_model("rrla").train.batch_size, seed=params.seed)
+    except (UserError, ValueError) as exc:
+        _fail(str(exc))
+    md, js = diagnose_pipeline.write_report(result, out or paths.reports_dir)
+    typer.echo(md.read_text())
+    typer.echo(f"written: {md}, {js}")
 
 
 @app.command()
@@ -229,7 +265,7 @@ def retrain(
 
 @app.command("ablate-flow")
 def ablate_flow(
-    variant: list[str] = typer.Option(None, "--variant", help="full | no_boa | no_bpa | no_eld | no_geometry (repeatable; default all)"),
+    variant: list[str] = typer.Option(None, "--variant", help=VARIANT_HELP),
     seed: list[int] = typer.Option(None, "--seed", help="train each variant with this seed (repeatable; default: params' seed)"),
     frozen_backbone: bool = typer.Option(False, "--frozen-backbone",
                                          help="backbone maps computed once, the rest trains (train.frozen_backbone)"),

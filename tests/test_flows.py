@@ -346,7 +346,7 @@ def test_ablation_variants_run_side_by_side_as_ray_tasks(workspace, ray_local):
     assert rows["full"]["delta_vs_full"] == 0.0
     assert rows["no_eld"]["delta_vs_full"] == pytest.approx(rows["no_eld"]["test_mAP"] - rows["full"]["test_mAP"])
     report = json.loads((workspace / "reports/ablations-flow/ablations.json").read_text())
-    assert [r["variant"] for r in report["rows"]] == ["full", "no_eld"]
+    assert [r["variant"] for r in report["rows"]] == ["no_eld", "full"]  # the paper's column order
     # fanned out: the two variant tasks overlapped in time
     full, no_eld = record.task_run("ablation-full-seed0"), record.task_run("ablation-no_eld-seed0")
     assert full.start_time < no_eld.end_time and no_eld.start_time < full.end_time
