@@ -1,18 +1,31 @@
 """One place that starts (or joins) Ray, so every stage uses the same settings.
 
 Locally `init_ray()` starts an embedded single-node cluster (no dashboard, no usage
-stats, an object store sized for a laptop-class machine). With `RAY_ADDRESS` set it joins
-that cluster instead and passes no resource arguments (Ray refuses them when connecting).
-Worker processes import the project by name, so on a real cluster the project must be
-installed in the workers' image (or shipped with a `runtime_env` working_dir).
+stats, an object store sized for a laptop-class machine) that serves this machine only:
+its node address is 127.0.0.1, so the GCS, the raylet, the workers, the agents and the
+dashboard (when on) listen on the loopback interface and nothing else. Ray binds its servers
+to the node's address; on Linux it picks the routable one (and rewrites an explicit
+127.0.0.1) unless `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, its switch for single-node
+machines, says the node never joins a cluster. Ray's token authentication
+(`RAY_AUTH_MODE=token`, on by default for local clusters since Ray 2.59) stays on as well.
+
+With `RAY_ADDRESS` set it joins that cluster instead and passes no resource arguments (Ray
+refuses them when connecting); the node then keeps its routable address, which the cluster
+needs (infra/README.md says which ports a cluster must reach). Worker processes import the
+project by name, so on a real cluster the project must be installed in the workers' image
+(or shipped with a `runtime_env` working_dir).
 """
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator
 
 from core import env
 
+LOOPBACK = "127.0.0.1"
+# Ray's switch for a node that never joins a cluster (read once, when ray_constants is imported).
+SINGLE_NODE_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # The object store lives in /dev/shm; Ray's default (30% of RAM) is more than the stages
 # here ever hold at once and starves the DataLoader workers on small machines.
 OBJECT_STORE_FRACTION = 0.15
@@ -23,6 +36,20 @@ OBJECT_STORE_MIN_BYTES = 256 * 1024**2
 def quiet_ray_env() -> None:
     """Environment every Ray process should see; set before `ray.init` (workers inherit it)."""
     env.set_default("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def serve_loopback_only() -> None:
+    """Make the next embedded cluster listen on 127.0.0.1 only (see the module docstring).
+
+    The environment variable reaches the processes Ray starts; the module constant is set as
+    well because Ray reads the variable once, at import, and `ray` may already be imported.
+    A user who exported the variable keeps their value.
+    """
+    import ray._private.ray_constants as ray_constants
+
+    env.set_default(SINGLE_NODE_SWITCH, "0")
+    if os.environ[SINGLE_NODE_SWITCH].lower() in ("0", "false"):
+        ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def default_object_store_bytes() -> int:
@@ -49,11 +76,13 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None,
     if env.ray_address():
         ray.init(log_to_driver=True)
         return True
+    serve_loopback_only()
     kwargs = {
         "num_cpus": num_cpus,
         "num_gpus": num_gpus,
         "object_store_memory": object_store_memory or default_object_store_bytes(),
         "include_dashboard": include_dashboard,
+        "dashboard_host": LOOPBACK,
     }
     if temp_dir is not None:
         kwargs["_temp_dir"] = temp_dir

@@ -457,3 +457,17 @@ def test_no_host_name_is_hard_coded_and_endpoints_come_from_the_environment():
     assert not offenders, "\n".join(offenders)
     assert StorageSettings.from_env({}).endpoint_url is None
     assert StorageSettings.from_env({"AWS_ENDPOINT_URL": "http://10.1.2.3:9000"}).endpoint_url == "http://10.1.2.3:9000"
+
+
+def test_the_dashboard_and_job_api_are_never_published_outside_the_cluster():
+    # launcher: the head's dashboard on its own 127.0.0.1 (reached through `ray dashboard`'s SSH tunnel)
+    launcher = load("ray-cluster-launcher/aws.yaml", rendered=True)
+    head_start = " ".join(launcher["head_start_ray_commands"])
+    assert "ray start --head" in head_start and "--dashboard-host" not in head_start
+    # KubeRay: the operator needs the pod IP, behind a Service without an external address
+    head = raycluster()["spec"]["headGroupSpec"]
+    assert head["serviceType"] == "ClusterIP"
+    for manifest in K8S_MANIFESTS:
+        for document in yaml.safe_load_all((INFRA / manifest).read_text()):
+            if isinstance(document, dict) and document.get("kind") in ("Service", "Ingress"):
+                assert document["kind"] != "Ingress" and document["spec"].get("type", "ClusterIP") == "ClusterIP", manifest
