@@ -1,6 +1,10 @@
 """DVC stage `ingest`: raw data set -> the manifest contract (core/data/ingest.py says what is checked).
 
     python -m stages.ingest [--params params.yaml] [--out data] [--metrics reports/ingest.json]
+
+Prints the counts, and a warning line for persons in more than one split with different
+labels. Input it cannot make a usable manifest of (a wrong path, no valid row, an empty
+split) prints one line `ingest: error: ...` and exits 2, writing nothing.
 """
 from __future__ import annotations
 

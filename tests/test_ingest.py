@@ -166,17 +166,25 @@ def test_emotic_csv_excerpt_with_generated_images_is_all_valid(tmp_path):
     sizes = {(r["Folder"], r["Filename"]): tuple(ast.literal_eval(r["Image Size"])) for r in rows}
     for (folder, filename), (w, h) in sizes.items():
         Image.new("RGB", (w, h), (90, 120, 150)).save(_mkdir(root / folder) / filename)
+    cfg = replace(repo_params().data, kind="emotic", root=str(root), annotations="annotations_val.csv")
+    with pytest.raises(UserError, match="the train split is empty: no train rows in annotations_val.csv "
+                                        r"\(add annotations_train.csv next to it\)"):
+        run(cfg, seed=0, out_dir=tmp_path / "only_val")  # every split must hold a person
+    for split in ("train", "test"):  # one person each, on images the excerpt does not use
+        Image.new("RGB", (64, 48)).save(_mkdir(root / "own") / f"{split}.jpg")
+        (root / f"annotations_{split}.csv").write_text(
+            EXCERPT_CSV.read_text().splitlines()[0] + f'\n0,own,{split}.jpg,"[64, 48]","[1, 2, 30, 40]",'
+            "\"['Peace']\",\"[5, 5, 5]\",Male,Adult\n")
     out = tmp_path / "data"
-    summary = run(replace(repo_params().data, kind="emotic", root=str(root), annotations="annotations_val.csv"), seed=0, out_dir=out)
-    assert summary["rows"] == {"train": 0, "val": 40, "test": 0, "total": 40}
+    summary = run(cfg, seed=0, out_dir=out)
+    assert summary["rows"] == {"train": 1, "val": 40, "test": 1, "total": 42}
     assert summary["quarantine"]["total"] == 0 and summary["boxes_clamped"]["val"] == 0
     assert summary["image_size_mismatch"]["val"] == 0
-    assert summary["images"]["val"] == len(sizes) == summary["images_opened"]
+    assert summary["images"]["val"] == len(sizes) == summary["images_opened"] - 2
     val = read_manifest("val", out / "manifest")
     assert list(val["labels"][0]) == [1, 2, 4, 6, 8, 9, 11]
     assert list(val["person_box"][0]) == [146, 76, 317, 317]
     assert val["source_ref"][39] == "annotations_val.csv:row 39"
-    assert len(read_manifest("train", out / "manifest")) == 0  # empty, with the schema
     expected = sum(len(ast.literal_eval(r["Categorical_Labels"])) for r in rows)
     assert sum(summary["label_frequency"]["val"].values()) == expected
 
@@ -263,6 +271,54 @@ def test_zero_valid_rows_is_a_user_error_and_writes_nothing(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def test_a_caers_set_too_small_for_a_val_split_stops_naming_the_split(tmp_path, capsys):
+    from core.synth import generate
+
+    generate(tmp_path / "x", images=24, seed=0, fmt="caers")  # `ctxemo synth --format caers --images 24`
+    params = write_params(tmp_path / "params.yaml", {"kind": "caers", "root": str(tmp_path / "x"),
+                                                     "annotations": "face_boxes.txt", "val_fraction": 0.1})
+    out, metrics = tmp_path / "data", tmp_path / "ingest.json"
+    assert main(["--params", str(params), "--out", str(out), "--metrics", str(metrics)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "ingest: error: the val split is empty: there is no val/ folder, and data.val_fraction 0.1 carves "
+        "round(n x 0.1) of the n valid train images of each class (one always stays in train), which is 0 "
+        "for every class here (the largest, Anger, has 3); at this fraction a class needs at least 5: "
+        "add images, raise data.val_fraction to at least 0.17, or add a val/<Class>/ folder; training "
+        "and evaluation need at least one valid person in each of train, val and test\n")
+    assert not out.exists() and not metrics.exists()
+    cfg = replace(repo_params().data, kind="caers", root=str(tmp_path / "x"), annotations=None)
+    with pytest.raises(UserError, match="data.val_fraction is 0, so none is carved: set it above 0"):
+        run(replace(cfg, val_fraction=0.0), seed=0, out_dir=out)
+    make_caers(tmp_path / "one", {"train/Sad": 1, "train/Fear": 1, "test/Sad": 1})
+    with pytest.raises(UserError, match="every class has at most one valid train image"):
+        run(replace(cfg, root=str(tmp_path / "one")), seed=0, out_dir=out)
+    make_caers(tmp_path / "notest", {"train/Sad": 9})
+    with pytest.raises(UserError, match=r"the test split is empty: no test rows in train/ \(add images under test/<Class>/\)"):
+        run(replace(cfg, root=str(tmp_path / "notest")), seed=0, out_dir=out)
+    assert not out.exists()
+
+
+def test_an_empty_emotic_split_stops_naming_it(tmp_path):
+    root = tmp_path / "raw"
+    noise_image(root / "x/images/a.jpg", (32, 32))
+    train = [image_record("x/images", "a.jpg", (32, 32), [train_person([1, 1, 20, 20], ["Peace"])])]
+    val = [image_record("x/images", "a.jpg", (32, 32), [train_person([2, 2, 20, 20], ["Pain"])])]
+    write_emotic_mat(root / "Annotations.mat", {"train": train, "val": val})
+    cfg = replace(repo_params().data, kind="emotic", root=str(root), annotations="Annotations.mat")
+    with pytest.raises(UserError, match=r"the test split is empty: no test rows in Annotations.mat \(add a "
+                                        r"'test' variable to it\); training and evaluation need"):
+        run(cfg, seed=0, out_dir=tmp_path / "data")
+    test = [image_record("x/images", "gone.jpg", (32, 32), [train_person([1, 1, 9, 9], ["Fear"])])]
+    write_emotic_mat(root / "Annotations.mat", {"train": train, "val": val, "test": test})
+    with pytest.raises(UserError) as err:
+        run(cfg, seed=0, out_dir=tmp_path / "data")
+    assert str(err.value).startswith(
+        "the test split is empty: all 1 test rows were quarantined (missing_image 1; first: missing_image at "
+        "Annotations.mat:test[0]/person[0]: no file at ")
+    assert not (tmp_path / "data").exists()
+
+
 def test_wrong_paths_and_settings_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="dataset root not found"):
         run(replace(repo_params().data, kind="emotic", root=str(tmp_path / "nope")), seed=0, out_dir=tmp_path / "d")
@@ -305,7 +361,8 @@ def test_main_prints_the_per_reason_counts(emotic_bad_inputs, tmp_path, capsys):
     summary = json.loads((tmp_path / "data" / "manifest" / "summary.json").read_text())
     # the DVC metrics are the counts; the full summary (reasons, label frequencies) stays in the manifest
     assert json.loads(metrics.read_text()) == {"persons": {"train": 3, "val": 1, "test": 1, "total": 5},
-                                               "quarantined": 8, "boxes_clamped": 1}
+                                               "quarantined": 8, "boxes_clamped": 1, "conflicting_labels": 0,
+                                               "cross_split_persons": {"total": 0, "by_splits": {}, "persons": []}}
     assert summary["rows"] == {"train": 3, "val": 1, "test": 1, "total": 5} and summary["quarantine"]["total"] == 8
     printed = capsys.readouterr().out
     assert "train 3, val 1, test 1 persons" in printed

@@ -13,6 +13,12 @@ module each (their docstrings give the rules: sample_id, source_ref, which field
 
 common.py holds what they share (Candidate, ReadResult, Rejected, parse helpers). This
 module picks the reader from `data.kind` and the annotation file's suffix.
+
+Symlinks, one rule for every layout: a link that resolves inside `data.root` is followed,
+one that resolves outside it is quarantined as `symlink_outside_root` ("symlink outside the
+data root: <target>"), never read and never dropped silently. Image files are judged by
+ingest's image check (the readers do not open images); CAER-S folders (class or split) are
+judged by caers.py while it walks the tree (one row per folder, not entered).
 """
 from __future__ import annotations
 

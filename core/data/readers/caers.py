@@ -7,6 +7,15 @@ line). When its name holds a split word, its siblings are read too, as for the C
 A face-box row whose label disagrees with the folder quarantines the image
 (`label_mismatch`); a row for a file that is not in the tree is `missing_image`.
 Images without a face box get the whole frame (box None here). sample_id = relpath.
+
+Symlinks, one rule for files and folders: one that resolves inside the data root is
+followed (the sample_id keeps the link's own path); one that resolves outside it is not,
+and is quarantined as `symlink_outside_root` with the target ("symlink outside the data
+root: <target>"), because the manifest, DVC and every later stage describe the data set as
+what lies under `data.root`. A folder link (a class or split folder) is one quarantine row
+(source_ref ``<relpath>/``) and is not entered, so its files are not counted; a file link is
+one row per image, written by ingest's image check. A folder link back to a folder being
+walked is `symlink_loop`; a folder that cannot be listed is `unreadable_folder`.
 """
 from __future__ import annotations
 
@@ -22,9 +31,11 @@ from core.data.readers.common import (
     Candidate,
     ReadResult,
     Rejected,
+    outside_root,
     parse_box,
     safe_relpath,
     split_siblings,
+    symlink_outside_detail,
 )
 from core.errors import UserError
 
@@ -82,9 +93,43 @@ def caers_class_index(folder: str) -> int | None:
     return CAERS_INDEX.get(CAERS_FOLDER_ALIASES.get(folder, folder))
 
 
-def _visible_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+def _tree_files(root: Path, split_dir: Path, split: str, q: Quarantine) -> list[Path]:
+    """The files under `split_dir`, dot-names skipped (.DS_Store and the like). Folder symlinks
+    are followed when they resolve inside the data root; one leaving it, or leading back to a
+    folder being walked, becomes one quarantine row and is not entered (a link to / would
+    otherwise walk the whole disk). File symlinks are listed here and judged by ingest."""
+    root_real = root.resolve()
+    files: list[Path] = []
+
+    def refuse(folder: Path, reason: str, detail: str) -> None:
+        rel = folder.relative_to(root).as_posix()
+        q.add(reason, f"{rel}/", detail, image_path=rel, split=split)
+
+    def walk(folder: Path, walking: frozenset[Path]) -> None:
+        real = folder.resolve()
+        target = outside_root(folder, root_real)
+        if target is not None:
+            refuse(folder, "symlink_outside_root", f"{symlink_outside_detail(target)} "
+                                                   "(a directory: not entered, so its files are neither read nor counted)")
+            return
+        if real in walking:
+            refuse(folder, "symlink_loop", f"symlink back to {real}, a folder it is inside of (not entered again)")
+            return
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError as exc:
+            refuse(folder, "unreadable_folder", f"cannot list the folder: {exc.strerror or exc}")
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                walk(entry, walking | {real})
+            elif entry.is_file() or entry.is_symlink():  # a dangling link too: ingest reports it
+                files.append(entry)
+
+    walk(split_dir, frozenset())
+    return sorted(files)
 
 
 def read_caers(root: Path, face_box_file: Path | None = None) -> ReadResult:
@@ -108,7 +153,7 @@ def read_caers(root: Path, face_box_file: Path | None = None) -> ReadResult:
     seen: set[str] = set()
     for split, split_dir in split_dirs.items():
         result.sources.append(f"{split}/")
-        for file in _visible_files(split_dir):
+        for file in _tree_files(root, split_dir, split, q):
             relpath = file.relative_to(root).as_posix()
             seen.add(relpath)
             parts = file.relative_to(split_dir).parts

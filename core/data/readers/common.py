@@ -82,6 +82,18 @@ def safe_relpath(*parts: str) -> str:
     return str(joined)
 
 
+def outside_root(path: Path, root_real: Path) -> Path | None:
+    """Where `path` really is, when a symlink on the way takes it out of `root_real` (the data
+    root, resolved); None when it stays inside. Only symlinks can leave: safe_relpath refuses
+    `..` and absolute paths. A dangling link is judged by where it points."""
+    real = Path(path).resolve()
+    return None if real.is_relative_to(root_real) else real
+
+
+def symlink_outside_detail(target: Path) -> str:
+    return f"symlink outside the data root: {target}"
+
+
 def is_number(x: Any) -> bool:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
 
