@@ -10,22 +10,25 @@ equal to it. A model whose evaluation failed, was skipped or belongs to an older
 reaches the registry.
 
 Registration creates a new version of `registry.model_name` from the run's `model` artifact (the
-`mlflow.pytorch` model the train stage logs), tagged with the data version (a digest of the DVC
-hashes of the train stage's data dependencies in dvc.lock), the manifest's md5, the git commit,
+`mlflow.pytorch` model the train stage logs), tagged with the test data version (the evaluation's
+`test_data_version`: a digest of the test data itself, core/evaluation/test_data.py), the DVC
+hashes of the train stage's data dependencies in dvc.lock (provenance only), the git commit,
 the params hash and the test metrics, and points the `challenger` alias at it. The objects
 stage's meta.json (which weights computed the object features) goes into the run as
 `registry/objects_meta.json`, so `ctxemo predict` can rebuild the same features anywhere.
 
 The gate compares the challenger with the current `champion` on the primary test metric (mAP for
 EMOTIC, accuracy for CAER-S): promotion needs `challenger - champion >= registry.min_improvement`;
-the first model becomes champion. Test metrics are comparable only on the same test data: when
-the two versions' data versions differ, the champion is re-scored on the workspace's current test
-split through the evaluation stage's own scoring path before comparing. Aliases only
-(`challenger`, `champion`), never the deprecated stages API.
+the first model becomes champion. Test metrics are comparable only on the same test data, so
+both sides are held against the workspace's test data as it is now: a champion recorded on other
+(or unknown) test data is re-scored on it through the evaluation stage's own scoring path; a
+workspace model whose evaluation predates the data is refused with the command that re-evaluates
+it; a registered challenger is re-scored like the champion. Without a workspace to re-score in,
+only recorded metrics on the same test data version are compared. Aliases only (`challenger`,
+`champion`), never the deprecated stages API.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import tempfile
@@ -151,13 +154,6 @@ def data_hashes(dvc_lock: Path, stage: str = "train") -> dict[str, str]:
     return hashes
 
 
-def data_version_of(hashes: dict[str, str]) -> str | None:
-    if not hashes:
-        return None
-    joined = "\n".join(f"{path}:{md5}" for path, md5 in sorted(hashes.items()))
-    return hashlib.sha256(joined.encode()).hexdigest()[:16]
-
-
 def _scalar_metrics(results: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in results.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
@@ -209,7 +205,7 @@ def evaluated_model(layout: Workspace, client) -> EvaluatedModel:
     objects_meta = layout.objects_meta
     return EvaluatedModel(
         run_id=run_id, task=task, metric=metric, value=float(value), metrics=_scalar_metrics(results),
-        data_version=data_version_of(hashes), data_hashes=hashes,
+        data_version=results.get("test_data_version"), data_hashes=hashes,
         params_hash=run.data.tags.get("ctxemo.params_hash"), git_commit=run.data.tags.get("ctxemo.git_commit"),
         objects_meta=objects_meta if objects_meta.is_file() else None,
     )
@@ -303,6 +299,16 @@ def candidate_of(client, version) -> Candidate:
 # --------------------------------------------------------------------------- the gate
 
 
+def with_data_root(layout: Workspace) -> Workspace:
+    """`layout` as given, with the images' folder from its params.yaml when it names none."""
+    if layout.data_root is not None or not Path(layout.params_file).is_file():
+        return layout
+    from core.params import load_params
+
+    root = Path(load_params(layout.params_file).data.root)
+    return replace(layout, data_root=root if root.is_absolute() else layout.root / root)
+
+
 def rescore_version(client, version, layout: Workspace, metric: str) -> float:
     """The version's primary test metric on the workspace's current data, through the evaluation path."""
     from core.data.manifest import read_labels
@@ -311,7 +317,7 @@ def rescore_version(client, version, layout: Workspace, metric: str) -> float:
     from core.params import load_params
 
     params = load_params(layout.params_file)
-    paths = Workspace.at(layout.root, data_root=params.data.root)
+    paths = with_data_root(layout)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(client.download_artifacts(version.run_id, "checkpoint", tmp))
         package = load_model_package(checkpoint)
@@ -323,9 +329,40 @@ def rescore_version(client, version, layout: Workspace, metric: str) -> float:
     return float(results[metric])
 
 
+REEVALUATE = "ctxemo stage evaluate (or dvc repro --force evaluate)"
+
+
+def current_data_version(layout: Workspace | None) -> str | None:
+    """The version of the workspace's test data now (None without a workspace or a test split)."""
+    if layout is None:
+        return None
+    from core.evaluation.test_data import test_data_version
+
+    return test_data_version(with_data_root(layout))
+
+
+def _held_to_current(client, side: str, candidate: Candidate, version, current: str | None,
+                     layout: Workspace | None, metric: str) -> tuple[float, str]:
+    """(the metric to compare, how it was obtained) for one side of the gate."""
+    if candidate.data_version is not None and candidate.data_version == current:
+        return candidate.value, f"{side} recorded on it"
+    if current is None:  # nothing to re-score on: recorded figures compare only on one known version
+        return candidate.value, f"{side} recorded on data {candidate.data_version or 'unknown'}"
+    if version is None:  # the workspace's own, unregistered model: its evaluation is older than the data
+        raise UserError(f"the workspace's evaluation (reports/metrics.json, test data "
+                        f"{candidate.data_version or 'unknown'}) is not of its test data now ({current}): "
+                        f"re-evaluate the model with `{REEVALUATE}`, then promote again")
+    return rescore_version(client, version, layout, metric), (
+        f"{side} re-scored on it (recorded on data {candidate.data_version or 'unknown'})")
+
+
 def decide(client, model_name: str, challenger: Candidate, metric: str, min_improvement: float,
-           layout: Workspace | None = None) -> Decision:
-    """Compare `challenger` with the current champion; nothing is changed here."""
+           layout: Workspace | None = None, challenger_version=None) -> Decision:
+    """Compare `challenger` with the current champion on the workspace's test data; nothing is changed here.
+
+    `challenger_version` is the registered version to re-score the challenger from; None for the
+    workspace's own model, whose evaluation must then be of the data as it is now.
+    """
     if min_improvement < 0:
         raise UserError(f"registry.min_improvement must be >= 0, got {min_improvement}")
     champion_version = version_by_alias(client, model_name, CHAMPION)
@@ -340,23 +377,26 @@ def decide(client, model_name: str, challenger: Candidate, metric: str, min_impr
     if champion.run_id == challenger.run_id:
         return Decision(**common, champion=champion, champion_value=champion.value, basis="same training run",
                         delta=0.0, promote=False, reason="the champion is this very model")
-    champion_value, basis = champion.value, "recorded test metrics on the same data version"
-    if challenger.data_version is None or champion.data_version is None:
-        basis = "recorded test metrics (data version unknown: no dvc.lock entry for one of them)"
-    elif challenger.data_version != champion.data_version:
-        if layout is None:
-            raise UserError(f"the champion was evaluated on data {champion.data_version}, the challenger on "
-                            f"{challenger.data_version}: run the gate in the workspace so the champion can be "
-                            "re-scored on the current test split")
-        champion_value = rescore_version(client, champion_version, layout, metric)
-        basis = (f"champion re-scored on the challenger's data {challenger.data_version} "
-                 f"(it was evaluated on {champion.data_version})")
-    delta = challenger.value - champion_value
+    current = current_data_version(layout)
+    if current is None and (challenger.data_version is None or challenger.data_version != champion.data_version):
+        raise UserError(f"the champion was evaluated on test data {champion.data_version or 'unknown'}, the "
+                        f"challenger on {challenger.data_version or 'unknown'}: their test metrics do not compare; "
+                        "run the gate in the workspace (ctxemo promote) so both can be re-scored on the current test "
+                        "split")
+    challenger_value, challenger_basis = _held_to_current(client, "challenger", challenger, challenger_version,
+                                                          current, layout, metric)
+    champion_value, champion_basis = _held_to_current(client, "champion", champion, champion_version, current,
+                                                      layout, metric)
+    basis = (f"test data {current}: {challenger_basis}, {champion_basis}" if current is not None
+             else f"recorded test metrics on the same test data {current or champion.data_version}")
+    challenger = replace(challenger, value=challenger_value)
+    delta = challenger_value - champion_value
     # A tolerance far below any metric's resolution: 0.6 - 0.5 must pass a 0.1 gate.
     passes = delta >= min_improvement - 1e-9
     reason = (f"improves test {metric} by {delta:+.4f} >= {min_improvement:.4f}" if passes else
               f"test {metric} changes by {delta:+.4f}, less than the required {min_improvement:.4f}")
-    return Decision(**common, champion=champion, champion_value=champion_value, basis=basis, delta=delta,
+    return Decision(model_name=model_name, metric=metric, challenger=challenger, min_improvement=min_improvement,
+                    champion=champion, champion_value=champion_value, basis=basis, delta=delta,
                     promote=passes, reason=reason)
 
 
@@ -388,6 +428,11 @@ def register_and_promote(workspace: Path, model_name: str, min_improvement: floa
     layout = layout or Workspace.at(workspace)
     client = client_for(tracking_uri, Path(workspace))
     model = evaluated_model(layout, client)
+    current = current_data_version(layout)
+    if current is not None and model.data_version != current:  # before anything is registered
+        raise UserError(f"{layout.metrics_file} was computed on test data {model.data_version or 'unknown'}, not on "
+                        f"the workspace's test data now ({current}): re-evaluate the model with `{REEVALUATE}`, "
+                        "then promote again")
     if dry_run:
         existing = version_of_run(client, model_name, model.run_id)
         version = None if existing is None else str(existing.version)
@@ -413,5 +458,5 @@ def gate_version(model_name: str, version: str, min_improvement: float, *, dry_r
     challenger = candidate_of(client, registered)
     metric = (registered.tags or {}).get(TAG_PRIMARY_METRIC) or "mAP"
     layout = Workspace.at(workspace) if workspace is not None else None
-    decision = decide(client, model_name, challenger, metric, min_improvement, layout)
+    decision = decide(client, model_name, challenger, metric, min_improvement, layout, challenger_version=registered)
     return decision if dry_run else apply(client, decision)

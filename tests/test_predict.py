@@ -17,6 +17,7 @@ import torch
 from support import use_mlflow_store
 
 from core.data.manifest import read_manifest
+from core.errors import UserError
 from core.evaluation import evaluate
 from core.params import apply_overrides, params_from_dict
 from core.training import trainer
@@ -273,3 +274,50 @@ def test_without_a_champion_predict_uses_the_workspace_model_and_says_so(champio
     assert [by_label[c] for c in reference[0].classes] == pytest.approx(scores[1].tolist(), rel=1e-6)
     shutil.rmtree(root / "artifacts")
     (root / "params.yaml").unlink()
+
+
+def test_the_gate_holds_both_models_to_the_test_data_as_it_is_now(champion, tiny_workspace, tmp_path):
+    # #18 item 3: the test split changed by hand (`ctxemo stage ...`), dvc.lock untouched. The gate
+    # must not compare the champion's recorded metric with one computed on other persons.
+    import dataclasses
+    import shutil
+
+    import yaml
+
+    from core.inference import load_model_package
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(tiny_workspace.params_dict))
+    layout = dataclasses.replace(champion["layout"], params_file=params_file)
+    client = registry.client_for()
+    recorded = json.loads(layout.metrics_file.read_text())
+    champion_version = client.get_model_version(MODEL_NAME, champion["version"])
+    assert recorded["test_data_version"] == champion_version.tags["data_version"] == registry.current_data_version(layout)
+
+    manifest_dir = tmp_path / "manifest"
+    shutil.copytree(layout.manifest_dir, manifest_dir)
+    test_split = pq.read_table(manifest_dir / "test.parquet")
+    pq.write_table(test_split.slice(0, test_split.num_rows // 2), manifest_dir / "test.parquet")
+    changed = layout.moved(manifest_dir=manifest_dir)
+    now = registry.current_data_version(changed)
+    assert now not in (None, recorded["test_data_version"])
+
+    # a challenger evaluated on the data as it is now: the champion is re-scored on the same persons
+    package = load_model_package(Path(champion["artifacts"]) / "model")
+    on_new_data = evaluate.evaluate_model(package, changed, batch_size=8)[0]["mAP"]
+    assert on_new_data != recorded["mAP"]
+    challenger = registry.Candidate(version=None, run_id="another-run", value=0.5, data_version=now)
+    decision = registry.decide(client, MODEL_NAME, challenger, "mAP", 0.005, changed)
+    assert decision.champion_value == pytest.approx(on_new_data, abs=1e-12)
+    assert decision.delta == pytest.approx(0.5 - on_new_data, abs=1e-12)
+    assert f"test data {now}" in decision.basis and "champion re-scored on it" in decision.basis
+
+    # the workspace's own evaluation, older than the data: refused before anything is registered, with
+    # a command that re-evaluates whatever DVC thinks
+    stale = registry.Candidate(version=None, run_id="another-run", value=0.5, data_version=recorded["test_data_version"])
+    with pytest.raises(UserError, match=r"re-evaluate the model with `ctxemo stage evaluate"):
+        registry.decide(client, MODEL_NAME, stale, "mAP", 0.005, changed)
+    versions = len(client.search_model_versions(f"name='{MODEL_NAME}'"))
+    with pytest.raises(UserError, match=r"was computed on test data .* not on the workspace's test data now"):
+        registry.register_and_promote(tiny_workspace.root, MODEL_NAME, 0.005, layout=changed)
+    assert len(client.search_model_versions(f"name='{MODEL_NAME}'")) == versions

@@ -19,6 +19,9 @@ from core.workspace import Workspace
 from pipelines import registry
 
 MANIFEST_MD5 = "0f1e2d3c4b5a69788796a5b4c3d2e1f0.dir"
+# These workspaces hold no test split to re-score on: the gate compares recorded metrics, and
+# only on one test data version (the real re-score is tested in tests/test_predict.py).
+TEST_DATA = "a1b2c3d4e5f60718"
 LOCK = {
     "schema": "2.0",
     "stages": {"train": {"cmd": "python -m stages.train", "deps": [
@@ -51,7 +54,7 @@ def model_name(request) -> str:
 
 
 def trained_and_evaluated(workspace: Path, m_ap: float, *, lock: dict | None = LOCK, log_evaluation: bool = True,
-                          metrics_override: dict | None = None) -> str:
+                          metrics_override: dict | None = None, test_data: str = TEST_DATA) -> str:
     """A workspace state after train + evaluate: an MLflow run with a logged model and its test metrics."""
     import mlflow
     import torch
@@ -60,7 +63,8 @@ def trained_and_evaluated(workspace: Path, m_ap: float, *, lock: dict | None = L
 
     experiment = tracking.setup(workspace)
     results = {"task": "multilabel", "split": "test", "num_examples": 5, "mAP": m_ap, "baseline_mAP": 0.3,
-               "val_mAP": m_ap - 0.05, "c_f1": 0.2, "o_f1": 0.25, "jaccard": 0.2, "per_class": {}}
+               "val_mAP": m_ap - 0.05, "c_f1": 0.2, "o_f1": 0.25, "jaccard": 0.2, "per_class": {},
+               "test_data_version": test_data}
     workspace.mkdir(parents=True, exist_ok=True)
     (workspace / "reports").mkdir(exist_ok=True)
     metrics_file = workspace / "reports" / "metrics.json"
@@ -87,14 +91,12 @@ def aliases(client, model_name: str) -> dict[str, str]:
     return {alias: str(version) for alias, version in model.aliases.items()}
 
 
-def test_data_version_is_a_digest_of_the_train_stages_data_dependencies(tmp_path):
+def test_provenance_hashes_are_the_train_stages_data_dependencies(tmp_path):
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(LOCK))
     hashes = registry.data_hashes(tmp_path / "dvc.lock")
     assert hashes == {"data/manifest": MANIFEST_MD5, "data/objects": "33333333333333333333333333333333.dir",
                       "data/raw/demo": "44444444444444444444444444444444.dir"}
-    by_hand = hashlib.sha256("\n".join(f"{p}:{m}" for p, m in sorted(hashes.items())).encode()).hexdigest()[:16]
-    assert registry.data_version_of(hashes) == by_hand
-    assert registry.data_hashes(tmp_path / "missing.lock") == {} and registry.data_version_of({}) is None
+    assert registry.data_hashes(tmp_path / "missing.lock") == {}
 
 
 def test_first_model_becomes_champion_with_tags_and_both_aliases(tmp_path, store, model_name):
@@ -110,7 +112,7 @@ def test_first_model_becomes_champion_with_tags_and_both_aliases(tmp_path, store
     assert aliases(client, model_name) == {"champion": "1", "challenger": "1"}
     version = client.get_model_version(model_name, "1")
     assert version.run_id == run_id
-    assert version.tags["data_version"] == registry.data_version_of(registry.data_hashes(tmp_path / "dvc.lock"))
+    assert version.tags["data_version"] == TEST_DATA  # the evaluation's test_data_version
     assert version.tags["data_md5.data/manifest"] == MANIFEST_MD5
     assert version.tags["git_commit"] == "abc123" and version.tags["params_hash"] == "hash0.6"
     assert float(version.tags["metric.mAP"]) == 0.60 and float(version.tags["metric.baseline_mAP"]) == 0.3
@@ -136,7 +138,7 @@ def test_gate_promotes_a_better_model_and_keeps_the_champion_for_a_worse_one(tmp
     better = registry.register_and_promote(tmp_path / "b", model_name, 0.005).decision
     assert better.promote and better.applied
     assert better.delta == pytest.approx(0.01) and better.champion.version == "1"
-    assert better.basis == "recorded test metrics on the same data version"
+    assert better.basis == f"recorded test metrics on the same test data {TEST_DATA}"
     assert aliases(client, model_name) == {"champion": "2", "challenger": "2"}
     assert client.get_model_version(model_name, "2").tags["promoted_over"] == "1"
 
@@ -204,14 +206,12 @@ def test_different_data_versions_are_not_compared_on_recorded_metrics(tmp_path, 
     client = registry.client_for(store)
     trained_and_evaluated(tmp_path / "a", 0.60)
     registry.register_and_promote(tmp_path / "a", model_name, 0.005)
-    new_data = yaml.safe_load(yaml.safe_dump(LOCK))
-    new_data["stages"]["train"]["deps"][2]["md5"] = "feedfeedfeedfeedfeedfeedfeedfeed.dir"
-    trained_and_evaluated(tmp_path / "b", 0.90, lock=new_data)
+    trained_and_evaluated(tmp_path / "b", 0.90, test_data="feedfeedfeedfeed")  # dvc.lock unchanged
     model = registry.evaluated_model(Workspace.at(tmp_path / "b"), client)
     version = registry.register(client, model_name, model)
     challenger = registry.candidate_of(client, version)
 
-    with pytest.raises(UserError, match="re-scored on the current test split"):
+    with pytest.raises(UserError, match="do not compare.*re-scored on the current test split"):
         registry.decide(client, model_name, challenger, "mAP", 0.005, layout=None)
     assert aliases(client, model_name)["champion"] == "1"
 

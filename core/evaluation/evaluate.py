@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from core.evaluation import metrics
+from core.evaluation.test_data import test_data_version
 from core.workspace import Workspace
 
 # The headline figures: reports/metrics.json, the DVC metrics table.
@@ -195,7 +196,7 @@ def evaluate_model(package, paths: Workspace, batch_size: int) -> tuple[dict[str
 
 def headline(results: dict[str, Any]) -> dict[str, Any]:
     """What reports/metrics.json keeps: task, data set, size and the task's headline figures."""
-    keys = ("task", "dataset", "model", "num_examples", *HEADLINE[results["task"]])
+    keys = ("task", "dataset", "model", "num_examples", *HEADLINE[results["task"]], "test_data_version")
     out = {key: results.get(key) for key in keys}
     if results.get("mae_vad") is not None:
         out["mae_vad"] = results["mae_vad"]
@@ -207,6 +208,7 @@ def run(paths: Workspace, batch_size: int) -> dict[str, Any]:
 
     package = load_model_package(paths.model_dir)
     results, thresholds, test = evaluate_model(package, paths, batch_size)
+    results["test_data_version"] = test_data_version(paths)  # what the promotion gate compares on
     for path in (paths.metrics_file, paths.details_file, paths.thresholds_file):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(paths.metrics_file).write_text(json.dumps(headline(results), indent=2))
