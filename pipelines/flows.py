@@ -225,9 +225,10 @@ def promote_step(workspace: str, tracking_uri: str, model_name: str, version: st
 
     _step_fault_point()
     client = registry.client_for(tracking_uri)
-    challenger = registry.candidate_of(client, client.get_model_version(model_name, version))
+    registered = client.get_model_version(model_name, version)
+    challenger = registry.candidate_of(client, registered)
     decision = registry.decide(client, model_name, challenger, metric, min_improvement,
-                               Workspace.at(workspace))
+                               Workspace.at(workspace), challenger_version=registered)
     if apply:
         decision = registry.apply(client, decision)
     explanation = decision.explain()
