@@ -52,6 +52,20 @@ def serve_loopback_only() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def pin_workers_to_their_cluster() -> None:
+    """Worker-process setup hook of the embedded cluster: RAY_ADDRESS = this worker's own cluster.
+
+    Ray code that runs inside workers and finds "the" cluster by itself (Ray Train's
+    placement-group cleaner asks the state API with no address) otherwise greps the machine for
+    GCS processes: with a second Ray instance on the machine it fails with "Found multiple
+    active Ray instances", or reads the other instance's state, misses its own controller there
+    and removes its own run's placement group, killing the training workers.
+    """
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+
 def default_object_store_bytes() -> int:
     import psutil
 
@@ -83,6 +97,7 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None,
         "object_store_memory": object_store_memory or default_object_store_bytes(),
         "include_dashboard": include_dashboard,
         "dashboard_host": LOOPBACK,
+        "runtime_env": {"worker_process_setup_hook": f"{__name__}.pin_workers_to_their_cluster"},
     }
     if temp_dir is not None:
         kwargs["_temp_dir"] = temp_dir
