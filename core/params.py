@@ -3,7 +3,9 @@
 Every stage calls `load_params()` once in its `main()` and passes the typed sections to
 its pure `run()`. params.yaml is the only home of the values: these dataclasses have no
 defaults, and an unknown or a missing key anywhere is an error naming the dotted key
-(models.config.from_dict). Ray workers receive the frozen `Params`, never a dict.
+(models.config.from_dict), as is a value of the wrong type or outside the range or choices
+declared beside its field (`at_least`, `above`, `within`, `one_of`). Ray workers receive the
+frozen `Params`, never a dict.
 """
 from __future__ import annotations
 
@@ -15,79 +17,106 @@ from typing import Any
 import yaml
 
 from core.workspace import DEFAULT_WORKSPACE
-from models.config import CAERNetConfig, ConfigError, KostiConfig, RRLAConfig, from_dict, to_dict
+from models.config import (
+    CAERNetConfig,
+    ConfigError,
+    KostiConfig,
+    RRLAConfig,
+    above,
+    at_least,
+    check_field,
+    from_dict,
+    one_of,
+    to_dict,
+    within,
+)
 from models.dagnet_config import DAGNetConfig
 from models.sibnet_config import SIBNetConfig
 
 DEFAULT_PARAMS = DEFAULT_WORKSPACE.params_file
 
+# The choices of string settings. The modules that act on them hold their own lists (they import
+# torch, Ray or OpenCV, which loading params must not); tests/test_params_validation.py keeps both equal.
+DATA_KINDS = ("emotic", "caers")
+FACE_DETECTORS = ("mtcnn", "haar")  # core/detection/faces.py
+OBJECT_BOXES = ("dataset", "detector")
+OBJECT_DETECTORS = ("fasterrcnn_resnet50_fpn",)  # core/features/objects.py
+EMBEDDING_SOURCES = ("glove6b50", "glove_file")  # core/graph/embeddings.py
+OPTIMIZERS = ("sgd", "adam", "adamw")
+TRAIN_LOSSES = ("weighted_mse", "bce", "focal", "cross_entropy")  # models/losses.py
+SEARCHERS = ("optuna", "random")  # pipelines/sweep/driver.py
+CACHE_DTYPES = ("float16", "float32")  # core/training/body_cache.py
+# Ray's FailureConfig: -1 retries without end, 0 never
+MIN_MAX_FAILURES = -1
+
 
 @dataclass(frozen=True)
 class DataConfig:
-    kind: str
+    kind: str = one_of(*DATA_KINDS)
     root: str
     annotations: str | None
-    val_fraction: float
+    val_fraction: float = within(0, 1, high_open=True)  # caers: the share of train carved out as val
     verify_images: bool
 
 
 @dataclass(frozen=True)
 class SynthConfig:
     out: str
-    format: str
-    images: int
-    seed: int
+    format: str = one_of(*DATA_KINDS)
+    images: int = at_least(1)
+    seed: int = at_least(0)
 
 
 @dataclass(frozen=True)
 class DetectConfig:
-    face_detector: str
-    min_face_size: int
-    face_threshold: float
-    batch_size: int
-    haar_min_neighbors: int
-    ray_min_images: int
+    face_detector: str = one_of(*FACE_DETECTORS)
+    min_face_size: int = at_least(1)
+    face_threshold: float = within(0, 1)  # a detector's confidence
+    batch_size: int = at_least(1)
+    haar_min_neighbors: int = at_least(0)
+    ray_min_images: int = at_least(0)  # 0: every split on Ray
 
 
 @dataclass(frozen=True)
 class ObjectsConfig:
-    boxes: str
+    boxes: str = one_of(*OBJECT_BOXES)
     boxes_file: str | None
-    detector: str
+    detector: str = one_of(*OBJECT_DETECTORS)
     weights: str | None
     allow_random_weights: bool
-    score_threshold: float
-    top_n: int
-    image_size: int
-    batch_size: int
-    shard_size: int
-    exclude_iou: float
-    num_actors: int | None  # Ray Data actors; null = one per GPU, else one per CPU
+    score_threshold: float = within(0, 1)
+    top_n: int = at_least(1)
+    image_size: int = at_least(1)
+    batch_size: int = at_least(1)
+    shard_size: int = at_least(1)
+    exclude_iou: float = within(0, 1, low_open=True)  # IoU 0 would exclude every box
+    num_actors: int | None = at_least(1)  # Ray Data actors; null = one per GPU, else one per CPU
 
 
 @dataclass(frozen=True)
 class EmbeddingsConfig:
-    source: str
+    source: str = one_of(*EMBEDDING_SOURCES)
     glove_file: str | None
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int
-    batch_size: int
-    optimizer: str  # sgd | adam | adamw
-    lr: float
-    backbone_lr: float | None  # the pretrained trunks' lr (model.backbone_parameters()); null: lr
-    lr_steps: list[float]  # fractions of training at which every lr is multiplied by lr_gamma
-    lr_gamma: float
-    momentum: float
-    weight_decay: float
-    loss: str
-    grad_clip_norm: float | None
-    num_workers: int
-    use_gpu: str | bool
-    loader_workers: int
-    max_failures: int
+    epochs: int = at_least(1)
+    batch_size: int = at_least(1)
+    optimizer: str = one_of(*OPTIMIZERS)
+    lr: float = above(0)
+    backbone_lr: float | None = above(0)  # the pretrained trunks' lr (model.backbone_parameters()); null: lr
+    # fractions of training at which every lr is multiplied by lr_gamma (their order: check_schedule)
+    lr_steps: list[float]
+    lr_gamma: float = within(0, 1, low_open=True)
+    momentum: float = within(0, 1, high_open=True)
+    weight_decay: float = at_least(0)
+    loss: str = one_of(*TRAIN_LOSSES)
+    grad_clip_norm: float | None = above(0)
+    num_workers: int = at_least(1)
+    use_gpu: str | bool = one_of("auto", True, False)
+    loader_workers: int = at_least(0)  # 0: batches loaded in the worker's own process
+    max_failures: int = at_least(MIN_MAX_FAILURES)
     frozen_backbone: bool  # backbone maps computed once (core/training/body_cache.py); only what follows trains
     precise_bn: bool  # re-estimate BatchNorm statistics on the training split after every epoch (loop.py)
 
@@ -129,7 +158,7 @@ class CompareConfig:
 @dataclass(frozen=True)
 class RegistryConfig:
     model_name: str  # "{model}" is replaced by the model's name: one registered model per model family
-    min_improvement: float
+    min_improvement: float = at_least(0)
 
     def name_for(self, model: str) -> str:
         """The registered model a model family's versions go to (e.g. ctxemo-kosti)."""
@@ -143,23 +172,23 @@ class TuneConfig:
     distribution, {choice: [...]} | {uniform: [lo, hi]} | {loguniform: [lo, hi]} |
     {randint: [lo, hi)}, and never repeats a default."""
 
-    num_samples: int
-    max_epochs: int  # per trial; replaces train.epochs inside the sweep
-    grace_period: int  # ASHA: epochs every trial gets before it can be stopped
-    reduction_factor: int  # ASHA: keep the best 1/reduction_factor at each rung
-    searcher: str  # optuna (TPE) | random
+    num_samples: int = at_least(1)
+    max_epochs: int = at_least(1)  # per trial; replaces train.epochs inside the sweep
+    grace_period: int = at_least(1)  # ASHA: epochs every trial gets before it can be stopped
+    reduction_factor: int = at_least(2)  # ASHA: keep the best 1/reduction_factor at each rung
+    searcher: str = one_of(*SEARCHERS)  # optuna (TPE) | random
     frozen_backbone: bool  # fast path: backbone maps cached once, trials train the heads only
-    cache_dtype: str  # float16 | float32: storage of the cached backbone maps
-    cpus_per_trial: float
-    gpus_per_trial: float  # e.g. 0.5: two trials share a GPU
-    max_concurrent_trials: int | None  # null: as many as the cluster's CPUs/GPUs fit
-    max_failures: int  # retries of a crashed trial from its last checkpoint
+    cache_dtype: str = one_of(*CACHE_DTYPES)  # storage of the cached backbone maps
+    cpus_per_trial: float = above(0)
+    gpus_per_trial: float = at_least(0)  # e.g. 0.5: two trials share a GPU
+    max_concurrent_trials: int | None = at_least(1)  # null: as many as the cluster's CPUs/GPUs fit
+    max_failures: int = at_least(MIN_MAX_FAILURES)  # retries of a crashed trial from its last checkpoint
     space: dict[str, dict[str, Any]]  # model name -> {dotted path: distribution}
 
 
 @dataclass(frozen=True)
 class Params:
-    seed: int
+    seed: int = at_least(0)  # numpy's generators refuse a negative seed
     data: DataConfig
     synth: SynthConfig
     detect: DetectConfig
@@ -184,50 +213,50 @@ class Params:
         unknown = sorted(set(overrides) - allowed)
         if unknown:
             raise ConfigError(f"model.{name}.train: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+        for key, value in overrides.items():  # the same rules as the train section's own values
+            check_field(TrainConfig, key, value, f"model.{name}.train.{key}")
         train = dataclasses.replace(self.train, **overrides)
         check_schedule(train, f"train (with model.{name}.train)")
         return dataclasses.replace(self, model=dataclasses.replace(self.model, name=name), train=train)
 
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-
-
 def check_schedule(train: TrainConfig, where: str) -> None:
-    """The optimiser and learning-rate settings a training run needs, checked before any work."""
-    if train.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"{where}: optimizer must be one of {list(OPTIMIZERS)}, got {train.optimizer!r}")
-    for key in ("lr", "backbone_lr"):
-        value = getattr(train, key)
-        if value is None and key == "backbone_lr":
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ConfigError(f"{where}: {key} must be a number > 0, got {value!r}")
+    """What the field rules cannot say of the lr schedule: its steps as increasing fractions."""
     steps = train.lr_steps
-    if (not isinstance(steps, (list, tuple)) or any(isinstance(f, bool) or not isinstance(f, (int, float))
-                                                   or not 0 < f < 1 for f in steps)
-            or list(steps) != sorted(steps)):
+    if any(not 0 < f < 1 for f in steps) or list(steps) != sorted(steps):
         raise ConfigError(f"{where}: lr_steps must be increasing fractions of training in (0, 1), e.g. "
                           f"[0.5, 0.75], got {steps!r}")
-    if isinstance(train.lr_gamma, bool) or not isinstance(train.lr_gamma, (int, float)) or not 0 < train.lr_gamma <= 1:
-        raise ConfigError(f"{where}: lr_gamma must be a number in (0, 1], got {train.lr_gamma!r}")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path.resolve()}")
-    with path.open() as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        with path.open() as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_error(path, exc)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return data
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """One line, `file:line:column: what`, the way compilers say it (PyYAML counts from 0)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    text = f"{problem} ({context})" if context else problem
+    return f"{where}: invalid YAML: {' '.join(text.split())}"
 
 
 def params_from_dict(data: dict[str, Any]) -> Params:
     params = from_dict(Params, data)
     for name in (params.model.name, *params.compare.models):
         params.model.family(name)  # a name without a params section is an error here, before any work
-        params.for_model(name)  # its train overrides name real train keys
+        params.for_model(name)  # its train overrides name real train keys, each with a valid value
     return params
 
 

@@ -9,7 +9,9 @@ the exact same object. Pure Python: no file I/O here; core/params.py reads the Y
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -36,7 +38,10 @@ def _unwrap_optional(tp: Any) -> Any:
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
-    """Build dataclass `cls` from `data`, recursing into nested dataclass fields."""
+    """Build dataclass `cls` from `data`, recursing into nested dataclass fields.
+
+    Every leaf is checked against its field's type hint and `Allowed` rule first (`check_field`),
+    so a bad value stops the load with one line naming its key, not a run somewhere later."""
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__}")
@@ -62,8 +67,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
                 raise ConfigError(f"{sub}: expected a mapping, got {type(value).__name__}")
             item_type = typing.get_args(tp)[1]
             value = {key: from_dict(item_type, item, f"{sub}.{key}") for key, item in value.items()}
-        elif typing.get_origin(tp) is tuple and isinstance(value, list):
-            value = tuple(value)
+        else:
+            check_field(cls, f.name, value, sub)
+            if typing.get_origin(tp) is tuple and isinstance(value, list):
+                value = tuple(value)
         kwargs[f.name] = value
     return cls(**kwargs)
 
@@ -92,6 +99,154 @@ def replace_path(cfg: T, dotted: str, value: Any) -> T:
     return dataclasses.replace(cfg, **{head: value})
 
 
+# --- what a value may be -------------------------------------------------------------
+#
+# The one mechanism for types, ranges and choices: a field's type hint says its type, and
+# `at_least`/`above`/`within`/`one_of` beside the field say the rest (stored in the field's
+# metadata, so the dataclasses still have no defaults). `from_dict` checks both for every
+# leaf; a list's rule holds for each of its items. Checks that relate two fields stay in the
+# config's __post_init__.
+
+ALLOWED = "allowed"  # the dataclasses.field metadata key of a field's rule
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """A field's rule beyond its type: bounds (each open or closed), a step, or a set of choices."""
+
+    low: float | None
+    high: float | None
+    low_open: bool
+    high_open: bool
+    step: int | None
+    choices: tuple[Any, ...] | None
+
+    def admits(self, value: Any) -> bool:
+        if self.choices is not None:
+            # type too: YAML's true is no 1, and 1 is no 'auto'
+            return any(value == c and type(value) is type(c) for c in self.choices)
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return False
+        return self.step is None or value % self.step == 0
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return f"one of [{', '.join(_yaml_scalar(c) for c in self.choices)}]"
+        if self.low is not None and self.high is not None:
+            opening, closing = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            text = f"in {opening}{_num(self.low)}, {_num(self.high)}{closing}"
+        elif self.low is not None:
+            text = f"{'>' if self.low_open else '>='} {_num(self.low)}"
+        else:
+            text = f"{'<' if self.high_open else '<='} {_num(self.high)}"
+        return text + (f" and a multiple of {self.step}" if self.step else "")
+
+
+def _rule(low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False,
+          step: int | None = None, choices: tuple[Any, ...] | None = None) -> Any:
+    return dataclasses.field(metadata={ALLOWED: Allowed(low, high, low_open, high_open, step, choices)})
+
+
+def at_least(low: float, *, step: int | None = None) -> Any:
+    """A field whose value (each item of a list) is >= low (and a multiple of `step`)."""
+    return _rule(low, step=step)
+
+
+def above(low: float) -> Any:
+    """A field whose value is > low."""
+    return _rule(low, low_open=True)
+
+
+def within(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Any:
+    """A field whose value (each item of a list) lies in [low, high]; either end may be open."""
+    return _rule(low, high, low_open=low_open, high_open=high_open)
+
+
+def one_of(*choices: Any) -> Any:
+    """A field whose value is one of `choices`."""
+    return _rule(choices=tuple(choices))
+
+
+def check_field(cls: type, name: str, value: Any, key: str) -> None:
+    """ConfigError naming `key`, `value` and what is allowed unless `value` fits field `name` of `cls`."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    check_value(value, typing.get_type_hints(cls)[name], field.metadata.get(ALLOWED), key)
+
+
+def check_value(value: Any, tp: Any, allowed: Allowed | None, key: str) -> None:
+    typed = _conforms(value, tp)
+    items = value if isinstance(value, (list, tuple)) else [] if value is None else [value]
+    if typed and (allowed is None or all(allowed.admits(item) for item in items)):
+        return
+    # the type is news only for a scalar, or a container of the wrong kind
+    same_kind = isinstance(value, (list, tuple, dict)) and _conforms(type(value)(), tp)
+    got = repr(value) if typed or same_kind else f"{value!r} ({type(value).__name__})"
+    raise ConfigError(f"{key} must be {_describe(tp, allowed)}, got {got}{_hint(value)}")
+
+
+def _conforms(value: Any, tp: Any) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if tp is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in args)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and all(_conforms(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_conforms(k, args[0]) and _conforms(v, args[1])
+                                               for k, v in value.items())
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if tp is float:  # an int is a number too; nan and inf are no setting's value
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, tp)
+
+
+_NOUNS = {int: ("an int", "ints"), float: ("a number", "numbers"), str: ("a string", "strings"),
+          bool: ("true or false", "booleans (true or false)")}
+
+
+def _describe(tp: Any, allowed: Allowed | None, plural: bool = False) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in args if a is not type(None)]
+        text = (allowed.describe() if allowed is not None and allowed.choices is not None
+                else " or ".join(_describe(m, allowed, plural) for m in members))
+        return text + (" or null" if len(members) < len(args) else "")
+    if origin in (list, tuple):
+        return "a list of " + _describe(args[0], allowed, plural=True)
+    if origin is dict or _is_dataclass_type(tp):
+        return "mappings" if plural else "a mapping"
+    if allowed is not None and allowed.choices is not None:
+        return ("items " if plural else "") + allowed.describe()
+    noun = _NOUNS.get(tp, (f"a {getattr(tp, '__name__', tp)}", f"{getattr(tp, '__name__', tp)}s"))[plural]
+    return noun if allowed is None else f"{noun} {allowed.describe()}"
+
+
+def _hint(value: Any) -> str:
+    # YAML 1.1 (PyYAML) reads 1e-3 as a string: only 1.0e-3 is a float
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+[eE][-+]?\d+", value):
+        mantissa, exponent = re.split("[eE]", value)
+        return f"; YAML reads {value} as text: write {mantissa}.0e{exponent}"
+    return ""
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else repr(value)
+
+
 # --- input views ----------------------------------------------------------------------
 
 # Named normalisations of pixel values in [0, 1]: (mean, std) per channel.
@@ -106,8 +261,8 @@ NORMALISATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
 class ViewConfig:
     """One input view as params.yaml gives it: `{size: 128, norm: imagenet}`."""
 
-    size: int  # side of the square the view is resized to
-    norm: str  # a key of NORMALISATIONS
+    size: int = at_least(8)  # side of the square the view is resized to
+    norm: str = one_of(*NORMALISATIONS)
 
 
 @dataclass(frozen=True)
@@ -120,12 +275,12 @@ class ViewSpec:
     grid: int | None = None  # patches only: N of the N x N grid
 
 
-def view_spec(name: str, cfg: ViewConfig, *, grid: int | None = None) -> ViewSpec:
+def view_spec(name: str, cfg: ViewConfig, *, grid: int | None = None, section: str | None = None) -> ViewSpec:
     """The loader's spec of view `name` from its params (`grid`: the patches view's N)."""
-    if cfg.norm not in NORMALISATIONS:
-        raise ConfigError(f"view {name!r}: norm must be one of {sorted(NORMALISATIONS)}, got {cfg.norm!r}")
-    if cfg.size < 8:
-        raise ConfigError(f"view {name!r}: size must be at least 8 pixels, got {cfg.size}")
+    # params are checked on load; a ViewConfig built in code is checked here, by the same rules
+    key = f"{section}.views.{name}" if section else f"views.{name}"
+    for field in ("size", "norm"):
+        check_field(ViewConfig, field, getattr(cfg, field), f"{key}.{field}")
     mean, std = NORMALISATIONS[cfg.norm]
     return ViewSpec(size=int(cfg.size), mean=mean, std=std, grid=grid)
 
@@ -136,7 +291,7 @@ def view_specs(views: dict[str, ViewConfig], wanted: tuple[str, ...], *, section
     missing = [name for name in wanted if name != "objects" and name not in views]
     if missing:
         raise ConfigError(f"{section}.views: no size/norm for view(s) {missing} the model reads")
-    return {name: view_spec(name, views[name], grid=grid if name == "patches" else None)
+    return {name: view_spec(name, views[name], grid=grid if name == "patches" else None, section=section)
             for name in wanted if name != "objects"}
 
 
@@ -157,9 +312,15 @@ def check_views(views: Any, required: tuple[str, ...], section: str) -> None:
 # flagship's is here because its parts (backbones, BPA, BOA, ELD) share these classes.
 
 
+BACKBONES = ("resnet50", "resnet18", "mobilenet_v2")  # models/backbones.py builds them (resnet50: the paper's)
+PERSON_VIEWS = ("auto", "body", "face")  # models/rrla.py reads them
+ELD_PROPAGATIONS = ("as_written", "transposed")  # models/eld.py
+ELD_ACTIVATIONS = ("between_layers", "every_layer")
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
-    name: str  # resnet50 (paper) | resnet18 | mobilenet_v2
+    name: str = one_of(*BACKBONES)
     pretrained: bool  # ImageNet weights via torchvision enums (or `weights`)
     weights: str | None  # local state_dict file; wins over the enum
 
@@ -167,35 +328,36 @@ class BackboneConfig:
 @dataclass(frozen=True)
 class BPAConfig:
     enabled: bool
-    hidden: int  # SE bottleneck width (see models/bpa.py for the paper reading)
+    hidden: int = at_least(1)  # SE bottleneck width (see models/bpa.py for the paper reading)
 
 
 @dataclass(frozen=True)
 class BOAConfig:
     enabled: bool
-    heads: int  # h in the paper
-    dim: int  # d of eq. 3 (projection width)
+    heads: int = at_least(1)  # h in the paper
+    dim: int = at_least(1)  # d of eq. 3 (projection width)
     geometry: bool  # eq. 4 relative-geometry term
-    max_objects: int | None  # read only the first N stored objects (None = all)
-    geometry_dim: int  # width of the sin/cos box embedding E(g) (Relation Networks: 64)
+    max_objects: int | None = at_least(0)  # read only the first N stored objects (None = all)
+    # width of the sin/cos box embedding E(g) (Relation Networks: 64): 8 features per frequency
+    geometry_dim: int = at_least(8, step=8)
 
 
 @dataclass(frozen=True)
 class ELDConfig:
     enabled: bool
-    t: float  # co-occurrence threshold (the text below eq. 6)
-    p: float  # re-weighting, eq. 7
-    hidden: int  # width of the first GCN layer (d_z -> hidden -> 4096)
+    t: float = within(0, 1)  # co-occurrence threshold on P(j | i) (the text below eq. 6)
+    p: float = within(0, 1)  # re-weighting, eq. 7
+    hidden: int = at_least(1)  # width of the first GCN layer (d_z -> hidden -> 4096)
     scaled: bool  # scores / sqrt(4096): keeps SGD stable from scratch (models/eld.py)
-    propagation: str  # as_written (Â) | transposed (Âᵀ, as ML-GCN's code)
-    activation: str  # between_layers (as ML-GCN's code) | every_layer (as eq. 6 writes)
+    propagation: str = one_of(*ELD_PROPAGATIONS)  # as_written (Â) | transposed (Âᵀ, as ML-GCN's code)
+    activation: str = one_of(*ELD_ACTIVATIONS)  # between_layers (as ML-GCN's code) | every_layer (as eq. 6 writes)
 
 
 @dataclass(frozen=True)
 class RRLAConfig:
     """`model.rrla`: the flagship (models/rrla.py)."""
 
-    person_view: str  # auto (face on single-label data, as the paper on CAER-S; else body) | body | face
+    person_view: str = one_of(*PERSON_VIEWS)  # auto (face on single-label data, as the paper on CAER-S; else body)
     views: dict[str, ViewConfig]  # body and face: size and normalisation of the person crop
     backbone: BackboneConfig
     bpa: BPAConfig
@@ -213,12 +375,22 @@ class RRLAConfig:
 class KostiLossConfig:
     """`model.kosti.loss`: L = discrete_weight * L_disc + continuous_weight * L_cont (EMOTIC only)."""
 
-    discrete_weights: str  # "dynamic" (per batch, as in the paper) | "static" (train-split label frequencies)
-    c: float  # w_j = 1 / ln(c + p_j); c > 1 (paper 1.2)
-    continuous: str  # "smooth_l1" | "margin_l2"
-    margin: float  # smooth_l1: the L1/L2 switch point (beta); margin_l2: errors below it cost 0 (theta)
-    discrete_weight: float
-    continuous_weight: float
+    # dynamic (per batch, as in the paper) | static (train-split label frequencies)
+    discrete_weights: str = one_of("dynamic", "static")
+    c: float = above(1)  # w_j = 1 / ln(c + p_j) > 0 for every p_j >= 0 (paper 1.2)
+    continuous: str = one_of("smooth_l1", "margin_l2")
+    margin: float = at_least(0)  # smooth_l1: the L1/L2 switch point (beta); margin_l2: errors below it cost 0 (theta)
+    discrete_weight: float = at_least(0)
+    continuous_weight: float = at_least(0)
+
+    def __post_init__(self) -> None:
+        # the two rules that tie fields together, here so that they stop the load, not a Ray worker
+        key = "model.kosti.loss"
+        if self.continuous == "smooth_l1" and self.margin == 0:
+            raise ConfigError(f"{key}.margin must be > 0 with continuous: smooth_l1 (the Huber switch point), "
+                              f"got {self.margin!r}")
+        if self.discrete_weight == 0 and self.continuous_weight == 0:
+            raise ConfigError(f"{key}.discrete_weight and {key}.continuous_weight are both 0: nothing to train")
 
 
 @dataclass(frozen=True)
@@ -228,8 +400,8 @@ class KostiConfig:
     views: dict[str, ViewConfig]  # body (public code 128) and image (224): size, norm
     body_backbone: BackboneConfig  # ResNet-18 in the public code
     context_backbone: BackboneConfig  # ResNet-18 (Places365 weights) in the public code
-    fusion_dim: int  # 256 in the public code
-    dropout: float  # after the fusion layer (public code 0.5)
+    fusion_dim: int = at_least(1)  # 256 in the public code
+    dropout: float = within(0, 1, high_open=True)  # after the fusion layer (public code 0.5)
     loss: KostiLossConfig
     train: dict[str, Any]  # train.* overrides for this model (batch_size 52 etc.); not read by the model
 
@@ -245,14 +417,15 @@ CAERNET_MIN_INPUT = 2 ** (CAERNET_ENCODER_DEPTH - 1)  # four 2x2 poolings leave 
 
 @dataclass(frozen=True)
 class CAERNetConfig:
-    """`model.caernet` (validated on construction: a bad value is a ConfigError naming its key)."""
+    """`model.caernet`: each value is checked on load (from_dict), its views and the rules that tie values
+    together on construction; a bad one is a ConfigError naming its key."""
 
     views: dict[str, ViewConfig]  # face (paper static model 224; video 96) and image_face_masked (224)
-    channels: tuple[int, ...]  # the encoders' conv widths, paper (32, 64, 128, 256, 256)
-    attention_hidden: int  # the attention inference module's first conv width (paper 128)
-    fusion_hidden: int  # g_D / g_E hidden width (paper 128)
-    classifier_hidden: int  # the classifier's hidden width (paper 128)
-    dropout: float  # in the classifier (paper 0.5)
+    channels: tuple[int, ...] = at_least(1)  # the encoders' conv widths, paper (32, 64, 128, 256, 256)
+    attention_hidden: int = at_least(1)  # the attention inference module's first conv width (paper 128)
+    fusion_hidden: int = at_least(1)  # g_D / g_E hidden width (paper 128)
+    classifier_hidden: int = at_least(1)  # the classifier's hidden width (paper 128)
+    dropout: float = within(0, 1, high_open=True)  # in the classifier (paper 0.5)
     train: dict[str, Any]  # train.* values this model trains with (paper: SGD lr 5e-3, batch 32)
 
     def __post_init__(self) -> None:
@@ -260,30 +433,12 @@ class CAERNetConfig:
 
 
 def _validate_caernet(cfg: CAERNetConfig) -> None:
-    if not isinstance(cfg.views, dict):
-        raise ConfigError(f"{CAERNET_SECTION}.views: expected a mapping, got {type(cfg.views).__name__}")
-    unknown = sorted(set(cfg.views) - set(CAERNET_VIEWS))
-    if unknown:
-        raise ConfigError(f"{CAERNET_SECTION}.views: unknown view(s) {unknown}; this model reads {list(CAERNET_VIEWS)}")
-    view_specs(cfg.views, CAERNET_VIEWS, section=CAERNET_SECTION)  # both present, known norms
+    # each value's type and range is checked on load (from_dict); here what ties values together
+    check_views(cfg.views, CAERNET_VIEWS, CAERNET_SECTION)  # exactly these two, known norms
     for name in CAERNET_VIEWS:
         if cfg.views[name].size < CAERNET_MIN_INPUT:
             raise ConfigError(f"{CAERNET_SECTION}.views.{name}.size must be at least {CAERNET_MIN_INPUT} (four 2x2 "
                               f"poolings), got {cfg.views[name].size}")
-    channels = cfg.channels
-    if (not isinstance(channels, (tuple, list)) or len(channels) != CAERNET_ENCODER_DEPTH
-            or not all(_positive_int(c) for c in channels)):
-        raise ConfigError(f"{CAERNET_SECTION}.channels must be {CAERNET_ENCODER_DEPTH} positive ints (the paper's depth: "
-                          f"32, 64, 128, 256, 256), got {channels!r}")
-    for key in ("attention_hidden", "fusion_hidden", "classifier_hidden"):
-        if not _positive_int(getattr(cfg, key)):
-            raise ConfigError(f"{CAERNET_SECTION}.{key} must be a positive int, got {getattr(cfg, key)!r}")
-    dropout = cfg.dropout
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"{CAERNET_SECTION}.dropout must be a number in [0, 1), got {dropout!r}")
-    if not isinstance(cfg.train, dict):
-        raise ConfigError(f"{CAERNET_SECTION}.train: expected a mapping, got {type(cfg.train).__name__}")
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+    if len(cfg.channels) != CAERNET_ENCODER_DEPTH:
+        raise ConfigError(f"{CAERNET_SECTION}.channels must be {CAERNET_ENCODER_DEPTH} ints >= 1 (the paper's depth: "
+                          f"32, 64, 128, 256, 256), got {list(cfg.channels)!r}")

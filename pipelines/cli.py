@@ -83,11 +83,12 @@ def demo(
 ) -> None:
     """Generate demo data (if missing), run the pipeline on it and print where everything is."""
     from core.errors import UserError
+    from models.config import ConfigError
     from pipelines.demo import run_demo
 
     try:
         run_demo(images=images, fresh=fresh)
-    except UserError as exc:
+    except (UserError, ConfigError) as exc:
         _fail(str(exc))
 
 
@@ -95,11 +96,12 @@ def demo(
 def compare() -> None:
     """Train and evaluate every compare.models entry on the same data; write reports/compare.md."""
     from core.errors import UserError
+    from models.config import ConfigError
     from pipelines.demo import run_compare
 
     try:
         print(run_compare())
-    except UserError as exc:
+    except (UserError, ConfigError) as exc:
         _fail(str(exc))
 
 
@@ -247,6 +249,7 @@ def retrain(
     name: str = typer.Option("retrain-weekly", help="deployment name for --serve"),
 ) -> None:
     """Prefect flow: dvc pull -> dvc repro (on Ray) -> evaluate -> register -> promote -> dvc push."""
+    _workspace_params(DEFAULT_WORKSPACE.params_file)  # the flow reads them too: a bad value stops here, in one line
     from pipelines import flows
 
     parameters = {"workspace": str(Path(".").resolve()), "pull": pull, "push": push, "promote": promote}
@@ -272,6 +275,7 @@ def ablate_flow(
     params_file: Path = typer.Option(DEFAULT_WORKSPACE.params_file, "--params"),
 ) -> None:
     """The ablations as a Prefect flow: variants trained in parallel as Ray tasks (RayTaskRunner)."""
+    _workspace_params(params_file)  # the flow reads them too: a bad value stops here, in one line
     from pipelines import ablation, flows
 
     state = flows.ablations(workspace=str(Path(".").resolve()), variants=variant or list(ablation.VARIANTS),

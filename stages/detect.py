@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -25,7 +26,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         params = load_params(args.params)
         summary = run(params.detect, Path(params.data.root), args.manifest_dir, args.out_dir)
     except (UserError, ConfigError) as exc:
-        raise SystemExit(f"detect: {exc}") from None
+        print(f"detect: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     for split, counts in summary["splits"].items():
         print(f"detect [{summary['detector']}] {split}: {counts['persons']} persons in "
               f"{counts['images']} images: faces found {counts[STATUS_OK]}, none {counts[STATUS_NO_FACE]}, "

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -25,7 +26,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         params = load_params(args.params)
         summary = run(params.embeddings, args.labels, args.out_dir, seed=params.seed)
     except (UserError, ConfigError) as exc:
-        raise SystemExit(f"embeddings: {exc}") from None
+        print(f"embeddings: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"embeddings: {summary['shape'][0]} labels x {summary['shape'][1]}-d from "
           f"{summary['source']} in {summary['seconds']} s -> {args.out_dir}")
     for word, (handling, replaced_by) in summary["oov"].items():

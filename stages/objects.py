@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -32,7 +33,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         summary = run(params, args.splits, args.out_dir, args.limit_shards, manifest_dir=args.manifest_dir,
                       engine=args.engine)
     except (UserError, ConfigError) as exc:
-        raise SystemExit(f"objects: {exc}") from None
+        print(f"objects: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     for split, entry in summary["splits"].items():
         if entry["complete"]:
             print(f"objects: {split}: {entry['persons']} persons, {entry['objects']} objects "

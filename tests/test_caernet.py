@@ -198,7 +198,7 @@ def test_inputs_are_checked_and_cast():
 ])
 def test_config_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        from_dict(CAERNetConfig, config_dict(**overrides))
+        from_dict(CAERNetConfig, config_dict(**overrides), "model.caernet")
 
 
 def test_config_is_strict_and_round_trips():

@@ -444,7 +444,7 @@ def test_input_errors_are_clear():
     ({"loss__attention_weight": -1.0}, "model.dagnet.loss.attention_weight"),
     ({"views__patches": _DELETE}, "model.dagnet.views"),
     ({"views__face": {"size": 32, "norm": "imagenet"}}, "model.dagnet.views"),
-    ({"views__body": {"size": 32, "norm": "nope"}}, "'body'"),
+    ({"views__body": {"size": 32, "norm": "nope"}}, "model.dagnet.views.body.norm"),
     ({"lsam__channels": []}, "model.dagnet.lsam.channels"),
     ({"lsam__gcn_dims": [16, 0]}, "model.dagnet.lsam.gcn_dims"),
     ({"lsam__adjacency_init": "random"}, "model.dagnet.lsam.adjacency_init"),

@@ -341,7 +341,10 @@ def test_one_sgd_step_moves_both_streams_and_all_heads():
     ("margin", 0.0, r"model\.kosti\.loss\.margin"),
 ])
 def test_bad_loss_config_is_a_config_error_naming_the_key(key, value, match):
-    cfg = make_config(**{key: value})
+    with pytest.raises(ConfigError, match=match):  # on load, before any work
+        make_config(**{key: value})
+    cfg = make_config()
+    object.__setattr__(cfg.loss, key, value)  # a config made in code, past the load-time checks
     with pytest.raises(ConfigError, match=match):
         build_kosti_criterion(cfg, task="multilabel", loss_name="weighted_mse", label_freq=None)
     with pytest.raises(ConfigError, match=match):
