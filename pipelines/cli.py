@@ -28,8 +28,19 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import importlib.metadata
+
+        typer.echo(f"ctxemo {importlib.metadata.version('ctxemo')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _embedded_defaults() -> None:
+def _embedded_defaults(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print ctxemo's version and exit"),
+) -> None:
     """Telemetry off for Ray, DVC, Prefect and MLflow unless the user says otherwise (core/env.py)."""
     env.apply_embedded_defaults()
 
@@ -219,7 +230,7 @@ def sweep(
     typer.echo(f"sweep {result['name']}: {counts} in {result['wall_seconds'] / 60:.1f} min")
     typer.echo(f"best {result['metric']} {result['best']['val_metric']:.4f}: {result['best']['params']}")
     typer.echo(f"adopt with: {result['adopt']}")
-    typer.echo("written: reports/best_params.yaml, reports/sweep.md, reports/sweep.json, reports/plots/sweep_*.png")
+    typer.echo("written: reports/best_params.yaml, reports/sweep.md, reports/sweep.json, reports/sweep_plots/sweep_*.png")
 
 
 # --------------------------------------------------------------------------- retraining, registry, predict
@@ -245,7 +256,8 @@ def retrain(
     push: bool = typer.Option(False, "--push", help="dvc push after the promotion"),
     promote: bool = typer.Option(True, "--promote/--no-promote", help="move the champion alias when the gate passes"),
     serve: bool = typer.Option(False, "--serve", help="stay running and start the flow on the --cron schedule"),
-    cron: str = typer.Option("0 3 * * 1", help="cron schedule for --serve (default: Mondays 03:00)"),
+    cron: str | None = typer.Option(None, help="cron schedule for --serve (default: the deployment's schedule in "
+                                                "infra/prefect/prefect.yaml, Mondays 04:00 UTC)"),
     name: str = typer.Option("retrain-weekly", help="deployment name for --serve"),
 ) -> None:
     """Prefect flow: dvc pull -> dvc repro (on Ray) -> evaluate -> register -> promote -> dvc push."""
@@ -254,8 +266,14 @@ def retrain(
 
     parameters = {"workspace": str(Path(".").resolve()), "pull": pull, "push": push, "promote": promote}
     if serve:
-        typer.echo(f"serving deployment retrain/{name} on cron {cron!r}; Ctrl-C stops it")
-        flows.serve_retrain(name=name, cron=cron, parameters=parameters)
+        from core.errors import UserError
+
+        try:
+            cron, timezone = (cron, "UTC") if cron else flows.deployment_schedule(name)
+        except UserError as exc:
+            _fail(str(exc))
+        typer.echo(f"serving deployment retrain/{name} on cron {cron!r} ({timezone}); Ctrl-C stops it")
+        flows.serve_retrain(name=name, cron=cron, timezone=timezone, parameters=parameters)
         return
     state = flows.retrain(**parameters, return_state=True)
     if not state.is_completed():

@@ -2,7 +2,8 @@
 
     ctxemo retrain                              # one run now (Prefect's ephemeral API, or PREFECT_API_URL)
     ctxemo retrain --pull --push                # with the DVC remote around it
-    ctxemo retrain --serve --cron "0 3 * * 1"   # this process serves deployment retrain/retrain-weekly
+    ctxemo retrain --serve                      # this process serves deployment retrain/retrain-weekly on the
+                                                # schedule in infra/prefect/prefect.yaml (--cron overrides it)
     prefect deploy --prefect-file infra/prefect/prefect.yaml --all    # the same flow on a work pool
     ctxemo ablate-flow --variant full --variant no_eld
 
@@ -51,6 +52,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from core import env
+from core.errors import UserError
 from core.faults import fault_point
 from core.workspace import Workspace
 
@@ -378,16 +380,43 @@ def ablations(workspace: str = ".", variants: list[str] | None = None, seeds: li
 # --------------------------------------------------------------------------- schedules
 
 
-def retrain_deployment(name: str = "retrain-weekly", cron: str = "0 3 * * 1",
-                       parameters: dict[str, Any] | None = None):
+PREFECT_FILE = Path("infra/prefect/prefect.yaml")
+
+
+def deployment_schedule(name: str = "retrain-weekly", workspace: Path = Path(".")) -> tuple[str, str]:
+    """(cron, timezone) of deployment `name` in infra/prefect/prefect.yaml.
+
+    That file is the schedule's one home: `prefect deploy` reads it for a work pool, and
+    `ctxemo retrain --serve` reads it here for one machine. It is looked for in the workspace,
+    then beside this package's sources.
+    """
+    import yaml
+
+    for candidate in (Path(workspace) / PREFECT_FILE, Path(__file__).resolve().parents[1] / PREFECT_FILE):
+        if candidate.is_file():
+            break
+    else:
+        raise UserError(f"no {PREFECT_FILE} in {Path(workspace).resolve()} to read the schedule of {name!r} from: "
+                        "pass --cron")
+    deployments = (yaml.safe_load(candidate.read_text()) or {}).get("deployments") or []
+    deployment = next((d for d in deployments if d.get("name") == name), None)
+    schedules = (deployment or {}).get("schedules") or []
+    if not schedules or not schedules[0].get("cron"):
+        raise UserError(f"{candidate}: deployment {name!r} has no cron schedule: pass --cron")
+    return str(schedules[0]["cron"]), str(schedules[0].get("timezone") or "UTC")
+
+
+def retrain_deployment(name: str, cron: str, timezone: str = "UTC", parameters: dict[str, Any] | None = None):
     """The `retrain` deployment with a cron schedule (what `serve_retrain` serves)."""
-    return retrain.to_deployment(name=name, cron=cron, parameters=parameters or {}, tags=["ctxemo"],
+    from prefect.schedules import Cron
+
+    return retrain.to_deployment(name=name, schedules=[Cron(cron, timezone=timezone)], parameters=parameters or {},
+                                 tags=["ctxemo"],
                                  description="Rerun what is stale with DVC on Ray, register and promote the model.")
 
 
-def serve_retrain(name: str = "retrain-weekly", cron: str = "0 3 * * 1",
-                  parameters: dict[str, Any] | None = None) -> None:
+def serve_retrain(name: str, cron: str, timezone: str = "UTC", parameters: dict[str, Any] | None = None) -> None:
     """Run the cron-scheduled `retrain` from this process until it is stopped (one machine, no work pool)."""
     from prefect import serve
 
-    serve(retrain_deployment(name, cron, parameters))
+    serve(retrain_deployment(name, cron, timezone, parameters))

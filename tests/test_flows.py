@@ -395,3 +395,16 @@ def test_the_work_pool_deployment_matches_the_flow():
     assert validated["workspace"] == deployment["work_pool"]["job_variables"]["working_dir"]
     assert validated["pull"] and validated["push"] and validated["promote"]
     assert all(s["cron"] for s in deployment["schedules"])
+
+
+def test_the_retrain_schedule_has_one_home_the_work_pool_deployment(tmp_path):
+    from pipelines import flows
+
+    config = yaml.safe_load((REPO / "infra/prefect/prefect.yaml").read_text())
+    weekly = next(d for d in config["deployments"] if d["name"] == "retrain-weekly")["schedules"][0]
+    assert flows.deployment_schedule("retrain-weekly", REPO) == (weekly["cron"], weekly["timezone"])
+    deployment = flows.retrain_deployment("retrain-weekly", *flows.deployment_schedule("retrain-weekly", REPO))
+    assert [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules] == [(weekly["cron"],
+                                                                                       weekly["timezone"])]
+    with pytest.raises(UserError, match="has no cron schedule: pass --cron"):
+        flows.deployment_schedule("no-such-deployment", REPO)
