@@ -351,6 +351,8 @@ def predict_images(
         results = predict.run(images, model, boxes=boxes, annotate_to=annotate, workspace=Path("."))
     except UserError as exc:
         _fail(str(exc))
+    if notice := predict.people_notice(results):
+        typer.echo(f"ctxemo predict: {notice}", err=True)
     typer.echo(json.dumps(results[0] if len(results) == 1 else results, indent=2))
 
 

@@ -385,6 +385,20 @@ def annotate(image: str | Path, prediction: ImagePrediction, out: Path, classes:
 # --------------------------------------------------------------------------- entry point
 
 
+# What a user is told when people were found by the fallback; the figure is from the fault probe of
+# issue #19 (three real photographs, one annotated person each).
+HOG_NOTICE = ("people were found by OpenCV's HOG detector, the fallback when no Faster R-CNN weights are at hand; "
+              "it is weak on real photos (it found the one annotated person in 1 of 3 photographs tried): give the "
+              "people's boxes with --box, or make the COCO person detector available (torchvision's "
+              "fasterrcnn_resnet50_fpn COCO weights in the torch hub cache, or a local file in objects.weights with "
+              "objects.boxes: detector)")
+
+
+def people_notice(results: Sequence[dict[str, Any]]) -> str | None:
+    """The notice to print when any image's people came from the HOG fallback, else None."""
+    return HOG_NOTICE if any(r.get("people_source") == "hog" for r in results) else None
+
+
 def run(images: Sequence[str | Path], model: str, *, boxes: Sequence[Sequence[float]] | None = None,
         annotate_to: Path | None = None, workspace: Path = Path(".")) -> list[dict[str, Any]]:
     """Predict every image; returns the JSON-ready results (and writes annotated copies if asked)."""
