@@ -11,6 +11,8 @@ import numpy as np
 from core import checkpoints
 from core.errors import UserError
 
+PACKAGE_KEYS = ("spec", "state_dict", "classes", "task", "params")  # what export_best writes and loading needs
+
 
 @dataclass
 class ModelPackage:
@@ -36,6 +38,10 @@ def load_model_package(model_dir: Path, thresholds_file: Path | None = None) -> 
     if not checkpoint.is_file():
         raise UserError(f"no trained model at {checkpoint}: run the train stage (dvc repro train) first")
     state = checkpoints.load(checkpoint, what="model file")
+    missing = [key for key in PACKAGE_KEYS if key not in state]
+    if missing:  # e.g. a Ray Train checkpoint.pt, or another tool's weights, given as a model
+        raise UserError(f"{checkpoint}: not a ctxemo model package: no {', '.join(missing)} "
+                        f"(the train stage exports one to artifacts/model: `dvc repro train`)")
     model = model_from_checkpoint(state["spec"], state["state_dict"]).eval()
     thresholds = None
     if thresholds_file is not None and Path(thresholds_file).is_file():

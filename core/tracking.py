@@ -19,8 +19,12 @@ def tracking_uri(workspace: Path | None = None) -> str:
     uri = env.mlflow_tracking_uri()
     if uri:
         return uri
-    workspace = (workspace or Path.cwd()).resolve()
-    return f"sqlite:///{workspace / 'mlflow.db'}"
+    return embedded_tracking_uri(workspace)
+
+
+def embedded_tracking_uri(workspace: Path | None = None) -> str:
+    """The workspace's own SQLite store, used when MLFLOW_TRACKING_URI is not set."""
+    return f"sqlite:///{(workspace or Path.cwd()).resolve() / 'mlflow.db'}"
 
 
 def artifact_location(workspace: Path | None = None) -> str | None:
@@ -28,11 +32,16 @@ def artifact_location(workspace: Path | None = None) -> str | None:
 
     CTXEMO_MLFLOW_ARTIFACT_ROOT wins; with a tracking server and nothing set, the server
     decides (None); locally, the S3 bucket when CTXEMO_S3_BUCKET is set, else `mlartifacts/`.
+
+    "Locally" includes MLFLOW_TRACKING_URI naming the embedded store itself: MLflow 3's
+    `set_tracking_uri` exports the variable, so after `setup` it is always set in this process
+    and its children, and taking that for a server left artifacts in MLflow's `./mlruns`.
     """
     explicit = env.mlflow_artifact_root()
     if explicit:
         return explicit
-    if env.mlflow_tracking_uri():
+    uri = env.mlflow_tracking_uri()
+    if uri and uri != embedded_tracking_uri(workspace):
         return None
     from core.storage import StorageSettings
 
@@ -41,15 +50,19 @@ def artifact_location(workspace: Path | None = None) -> str | None:
 
 
 def setup(workspace: Path | None = None, experiment: str | None = None) -> str:
-    """Point mlflow at the store and make sure the experiment exists; returns its id."""
+    """Point mlflow at the store and make sure the experiment exists; returns its id.
+
+    The artifact location is decided before `set_tracking_uri`, which exports MLFLOW_TRACKING_URI.
+    """
     import mlflow
 
     experiment = experiment or env.mlflow_experiment()
+    location = artifact_location(workspace)
     mlflow.set_tracking_uri(tracking_uri(workspace))
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
-    return mlflow.create_experiment(experiment, artifact_location=artifact_location(workspace))
+    return mlflow.create_experiment(experiment, artifact_location=location)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:

@@ -8,11 +8,15 @@ running core/training/loop.py), writes the best checkpoint (by validation mAP, a
 CAER-S) to `artifacts/model/` and the per-epoch history to `reports/train/`, and logs params,
 metrics and the model to MLflow. Every epoch is a Ray Train checkpoint, so with
 `train.max_failures` > 0 a killed worker group restarts from the last one.
+
+A killed driver (core/training/recovery.py): the next run marks its MLflow run FAILED, and when
+it has the same params, code and data it resumes the killed run's Ray Train run from its latest
+checkpoint (or deletes it, saying why, when that checkpoint cannot be resumed correctly).
+`artifacts/model` is written next to itself and renamed into place: never half-written.
 """
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -21,9 +25,12 @@ from typing import Any
 from core import checkpoints, env
 from core.errors import UserError
 from core.params import Params, params_to_dict
+from core.training import recovery
 from core.training.inputs import worker_config
 from core.training.loop import CHECKPOINT_FILE, PRIMARY, train_loop_per_worker
 from core.workspace import Workspace
+
+CHECKPOINT_REMEDY = "train again (`dvc repro train`): this run's checkpoints are damaged"
 
 
 def resolve_use_gpu(setting: str | bool) -> bool:
@@ -49,21 +56,22 @@ def ray_run_name(prefix: str | None) -> str:
 
 
 def fit(params: Params, paths: Workspace, *, mlflow_run: dict[str, str] | None = None,
-        run_name: str | None = None, body_cache: str | None = None):
+        run_name: str | None = None, body_cache: str | None = None, plan: recovery.RunPlan | None = None):
     """Run the TorchTrainer; returns the Ray Train Result.
 
     `body_cache`: a folder of precomputed backbone maps (core/training/body_cache.py); the workers
-    then train with the backbone frozen (EpochLoop).
+    then train with the backbone frozen (EpochLoop). `plan` (recovery.plan_run, made here when not
+    given): the Ray run name, a killed run's when it is resumed.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from core.ray_utils import init_ray
-    from core.storage import StorageSettings
 
     config = worker_config(params, paths)
     config["mlflow"] = mlflow_run
+    plan = plan or recovery.plan_run(params_to_dict(params), paths, run_name, fresh_name=ray_run_name, log=_log)
     if body_cache is not None:
         config["body_cache"] = str(Path(body_cache).resolve())
     init_ray(include_dashboard=True)
@@ -77,20 +85,34 @@ def fit(params: Params, paths: Workspace, *, mlflow_run: dict[str, str] | None =
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=params.train.num_workers, use_gpu=use_gpu),
         run_config=RunConfig(
-            name=ray_run_name(run_name),
+            name=plan.name,
             # Local `.ray_results` by default; s3://BUCKET/PREFIX/ray when CTXEMO_S3_BUCKET is set,
             # so a restarted worker group on any node resumes from the same checkpoints.
-            **StorageSettings.from_env().ray_run_storage(paths.resolved().ray_storage),
+            **plan.storage,
             failure_config=FailureConfig(max_failures=params.train.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute=PRIMARY[config["task"]], checkpoint_score_order="max"),
         ),
     )
-    return trainer.fit(), config
+    run_id = (mlflow_run or {}).get("run_id")
+    recovery.write_marker(plan, "running", mlflow_run_id=run_id, log=_log)
+    try:
+        result = trainer.fit()
+    except BaseException:
+        recovery.write_marker(plan, "failed", mlflow_run_id=run_id, log=_log)
+        raise
+    recovery.write_marker(plan, "failed" if result.error is not None else recovery.TRAINING_DONE,
+                          mlflow_run_id=run_id, log=_log)
+    return result, config
 
 
-def export_best(result, config: dict[str, Any], paths: Workspace) -> dict[str, Any]:
-    """Copy the best checkpoint's weights, spec, labels and params to `paths.model_dir`."""
+def _log(line: str) -> None:
+    print(f"[train] {line}", flush=True)
+
+
+def export_best(result, config: dict[str, Any], model_dir: Path) -> dict[str, Any]:
+    """Write the best checkpoint's weights, spec, labels and params to `model_dir` (an empty folder:
+    `run` stages it next to `paths.model_dir` and renames it into place)."""
     import torch
 
     metric = PRIMARY[config["task"]]
@@ -98,11 +120,9 @@ def export_best(result, config: dict[str, Any], paths: Workspace) -> dict[str, A
     if best is None:
         raise RuntimeError(f"training produced no checkpoint (error: {result.error})")
     with best.as_directory() as ckpt_dir:
-        state = checkpoints.load(Path(ckpt_dir) / CHECKPOINT_FILE)
-    model_dir = Path(paths.model_dir)
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    model_dir.mkdir(parents=True)
+        state = checkpoints.load(Path(ckpt_dir) / CHECKPOINT_FILE, remedy=CHECKPOINT_REMEDY)
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": state["model"], "spec": state["spec"], "classes": config["classes"],
                 "task": config["task"], "params": state["params"], "epoch": state["epoch"],
                 "metric": state["metric"]}, model_dir / "model.pt")
@@ -116,59 +136,94 @@ def export_best(result, config: dict[str, Any], paths: Workspace) -> dict[str, A
 
 def last_history(result) -> list[dict[str, float]]:
     """Per-epoch records of the whole run (the best checkpoint only knows epochs up to itself)."""
-    import torch
-
     with result.checkpoint.as_directory() as ckpt_dir:
-        return checkpoints.load(Path(ckpt_dir) / CHECKPOINT_FILE)["history"]
+        return checkpoints.load(Path(ckpt_dir) / CHECKPOINT_FILE, remedy=CHECKPOINT_REMEDY)["history"]
 
 
 def run(params: Params, paths: Workspace, *, track: bool = True, run_name: str | None = None,
         tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Train, export the best checkpoint, log everything to MLflow. Returns a summary.
 
-    The MLflow run stays open in the driver for the whole fit, so a failure marks it FAILED.
+    The MLflow run stays open in the driver for the whole fit, so a failure marks it FAILED; a
+    killed driver's run is marked FAILED by the next run, which resumes its Ray Train run when
+    the params, code and data are the same (core/training/recovery.py).
     """
     import contextlib
 
-    from core import tracking
-
     params = params.for_model()  # the model's own train overrides (model.<name>.train)
     started = time.perf_counter()
-    mlflow_run = None
+    plan = recovery.plan_run(params_to_dict(params), paths, run_name, fresh_name=ray_run_name, log=_log)
     with contextlib.ExitStack() as stack:
-        if track:
-            import mlflow
-
-            experiment_id = tracking.setup()
-            params_dict = params_to_dict(params)
-            active = stack.enter_context(mlflow.start_run(experiment_id=experiment_id,
-                                                          run_name=run_name or f"train-{params.model.name}"))
-            mlflow.log_params(dict(tracking.flatten({k: params_dict[k] for k in ("seed", "data", "model", "train")})))
-            mlflow.set_tags({"ctxemo.stage": "train", "ctxemo.params_hash": tracking.params_hash(params_dict),
-                             "ctxemo.git_commit": tracking.git_commit() or "unknown", **(tags or {})})
-            mlflow.log_dict(params_dict, "config/params.json")
-            mlflow_run = {"run_id": active.info.run_id, "tracking_uri": tracking.tracking_uri()}
+        mlflow_run = _start_tracking(stack, params, plan, run_name, tags) if track else None
         cache = frozen_backbone_cache(params, paths)
         if mlflow_run is not None and cache is not None:
+            import mlflow
+
             mlflow.set_tag("ctxemo.body_cache", cache)
-        result, config = fit(params, paths, mlflow_run=mlflow_run, run_name=run_name, body_cache=cache)
+        result, config = fit(params, paths, mlflow_run=mlflow_run, run_name=run_name, body_cache=cache, plan=plan)
         if result.error is not None:
             raise result.error
-        exported = export_best(result, config, paths)
-        history = last_history(result)
-        report_dir = Path(paths.train_report_dir)
-        report_dir.mkdir(parents=True, exist_ok=True)
-        (report_dir / "history.json").write_text(json.dumps(history, indent=2))
-        summary = {k: v for k, v in exported["summary"].items() if k != "classes"}
-        summary["epochs"] = len(history)
-        if mlflow_run is not None:
-            summary["mlflow_run_id"] = mlflow_run["run_id"]
-            _log_model(exported, paths)
-            (Path(paths.model_dir) / "mlflow_run.json").write_text(json.dumps({"run_id": mlflow_run["run_id"]}))
+        summary = _export(result, config, paths, mlflow_run, plan)
     summary["checkpoints_dropped"] = drop_checkpoints(result)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     (Path(paths.train_report_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _start_tracking(stack, params: Params, plan: recovery.RunPlan, run_name: str | None,
+                    tags: dict[str, str] | None) -> dict[str, str]:
+    """Open the MLflow run (after closing the runs of killed drivers); returns what the workers log to."""
+    import mlflow
+
+    from core import tracking
+
+    experiment_id = tracking.setup()
+    recovery.mark_abandoned_runs(mlflow.MlflowClient(tracking.tracking_uri()), experiment_id, log=_log)
+    params_dict = params_to_dict(params)
+    active = stack.enter_context(mlflow.start_run(experiment_id=experiment_id,
+                                                  run_name=run_name or f"train-{params.model.name}"))
+    mlflow.log_params(dict(tracking.flatten({k: params_dict[k] for k in ("seed", "data", "model", "train")})))
+    # pid and host let the next run tell a killed driver's run (left RUNNING) from a live one
+    owner = {"ctxemo.pid": str(plan.owner["pid"]), "ctxemo.host": plan.owner["host"], "ctxemo.ray_run": plan.name}
+    if plan.resumed:
+        owner.update({"ctxemo.resumed_from_epoch": str(plan.resumed_epoch),
+                      "ctxemo.resumed_from_run": plan.resumed_mlflow_run or "untracked"})
+    mlflow.set_tags({"ctxemo.stage": "train", "ctxemo.params_hash": tracking.params_hash(params_dict),
+                     "ctxemo.git_commit": tracking.git_commit() or "unknown", **owner, **(tags or {})})
+    mlflow.log_dict(params_dict, "config/params.json")
+    return {"run_id": active.info.run_id, "tracking_uri": tracking.tracking_uri()}
+
+
+def _export(result, config: dict[str, Any], paths: Workspace, mlflow_run: dict[str, str] | None,
+            plan: recovery.RunPlan) -> dict[str, Any]:
+    """Export the best model (staged, logged, then renamed into `paths.model_dir`) and the history."""
+    with recovery.staged_dir(Path(paths.model_dir)) as staged:
+        exported = export_best(result, config, staged)
+        history = last_history(result)
+        summary = {k: v for k, v in exported["summary"].items() if k != "classes"}
+        summary["epochs"] = len(history)
+        if plan.resumed:
+            summary["resumed_from_epoch"] = plan.resumed_epoch
+        if mlflow_run is not None:
+            summary["mlflow_run_id"] = mlflow_run["run_id"]
+            if plan.resumed:
+                _log_epochs_before(history, plan.resumed_epoch)
+            _log_model(exported, staged)
+            (staged / "mlflow_run.json").write_text(json.dumps({"run_id": mlflow_run["run_id"]}))
+        recovery.publish_dir(staged, Path(paths.model_dir))
+    report_dir = Path(paths.train_report_dir)  # after the model: a failed export leaves both as they were
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "history.json").write_text(json.dumps(history, indent=2))
+    return summary
+
+
+def _log_epochs_before(history: list[dict[str, float]], last: int) -> None:
+    """The resumed run's epochs up to `last`, which the workers of this run never trained or logged."""
+    import mlflow
+
+    for record in history:
+        if record["epoch"] <= last:
+            mlflow.log_metrics({k: float(v) for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
 
 
 def drop_checkpoints(result) -> int:
@@ -210,7 +265,7 @@ def frozen_backbone_cache(params: Params, paths: Workspace) -> str | None:
     return str(cache["dir"])
 
 
-def _log_model(exported: dict[str, Any], paths: Workspace) -> None:
+def _log_model(exported: dict[str, Any], model_dir: Path) -> None:
     """Best metrics, the checkpoint folder and a loadable `mlflow.pytorch` model, to the active run."""
     import mlflow
     import torch
@@ -221,7 +276,7 @@ def _log_model(exported: dict[str, Any], paths: Workspace) -> None:
     model = model_from_checkpoint(state["spec"], state["model"]).eval()
     mlflow.log_metrics({f"best_{k}": float(v) for k, v in state["metric"].items()})
     mlflow.log_metric("best_epoch", state["epoch"])
-    mlflow.log_artifacts(str(paths.model_dir), artifact_path="checkpoint")
+    mlflow.log_artifacts(str(model_dir), artifact_path="checkpoint")
     # pickle, not pt2: torch.export cannot trace the data-dependent object masking, and the
     # pickled module loads wherever ctxemo is installed (the MLflow model's requirement).
     mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
