@@ -35,6 +35,15 @@ from models.sibnet_config import SIBNetConfig
 
 DEFAULT_PARAMS = DEFAULT_WORKSPACE.params_file
 
+# Settings that change how fast a stage runs, not what it computes: dvc.yaml does not list them
+# as params, so scaling actors or workers (or retrying more) makes nothing stale.
+# tests/test_dvc_pipeline.py checks every other key of these sections is tracked.
+SCHEDULING_KEYS = frozenset({
+    "detect.batch_size", "detect.ray_min_images",
+    "objects.batch_size", "objects.num_actors", "objects.shard_size",
+    "train.num_workers", "train.use_gpu", "train.loader_workers", "train.max_failures",
+})
+
 # The choices of string settings. The modules that act on them hold their own lists (they import
 # torch, Ray or OpenCV, which loading params must not); tests/test_params_validation.py keeps both equal.
 DATA_KINDS = ("emotic", "caers")

@@ -174,3 +174,18 @@ def test_repro_runs_everything_then_nothing_and_a_model_change_touches_only_trai
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stale = json.loads(dvc("status", "--json", cwd=root).stdout)
     assert stale == {"compare@kosti": [{"changed deps": {"params.yaml": {"model.kosti": "modified"}}}]}
+
+
+def test_scheduling_settings_are_not_dvc_params_and_every_other_key_is():
+    from core.params import SCHEDULING_KEYS
+
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    params = read_yaml(REPO / "params.yaml")
+    readers = {"detect": ["detect"], "objects": ["objects"], "train": ["train", "compare"]}
+    for section, stages in readers.items():
+        for stage in stages:
+            tracked = set(spec["stages"][stage]["params"])
+            assert section not in tracked, f"{stage} tracks the whole {section} section"
+            for key in params[section]:
+                dotted = f"{section}.{key}"
+                assert (dotted in SCHEDULING_KEYS) != (dotted in tracked), (stage, dotted)

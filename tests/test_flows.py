@@ -189,6 +189,23 @@ def test_retrain_runs_dvc_stages_on_ray_and_makes_the_first_model_champion(works
     assert now is not None and version.tags["data_version"] == metrics["test_data_version"] == now
 
 
+def test_scaling_workers_actors_and_retries_makes_nothing_stale(workspace, first_run):
+    # what dvc.yaml leaves out (core/params.py SCHEDULING_KEYS): a run scaled from 1 worker to 4 reruns nothing
+    original = (workspace / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["train"].update(num_workers=4, loader_workers=3, max_failures=5, use_gpu=False)
+    params["objects"].update(num_actors=8, batch_size=16, shard_size=64)
+    params["detect"].update(batch_size=3, ray_min_images=1)
+    try:
+        (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        assert "Data and pipelines are up to date" in dvc(workspace, "status", "train", "evaluate")
+        params["train"]["lr"] = params["train"]["lr"] / 2  # a setting that changes results still does
+        (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        assert "train.lr" in dvc(workspace, "status", "train")
+    finally:
+        (workspace / "params.yaml").write_text(original)
+
+
 def test_a_step_that_fails_once_succeeds_on_its_retry(first_run):
     from prefect.client.schemas.objects import StateType
 
