@@ -12,7 +12,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all bench clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,11 +24,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ctxemo demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/pytest -m "not slow"
 
-test-all: $(STAMP)
+test-all: $(STAMP) chromium
 	$(BIN)/pytest
+
+# The report's browser test (tests/browser.py) opens it in Debian's Chromium: installed when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser test"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  { echo "make test needs Chromium: apt-get install chromium (as root)" >&2; exit 1; }; }
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -164,7 +164,25 @@ class EmotionLabelDependency(nn.Module):
 
     def classifiers(self) -> torch.Tensor:
         """H^(2): one 4096-d classifier per class, [C, feature_dim] (eq. 6 twice)."""
-        adjacency = self.propagation_matrix()
+        return self._classifiers(self.propagation_matrix())
+
+    def graph_free_classifiers(self) -> torch.Tensor:
+        """H^(2) with the propagation matrix replaced by the identity (Â = I): σ(Z W^(0)) W^(1).
+
+        The same trained weights, each class's classifier computed from its own label embedding
+        only: what the label graph's mixing adds is removed and nothing else. Â is row-stochastic
+        (module docstring) and so is I, so the classifiers keep their scale. With p = 0, Â = I
+        already and these are `classifiers()`. Not a model trained without ELD (that is the
+        `no_eld` ablation): the GCN weights were learnt with the graph in place.
+        """
+        eye = torch.eye(self.num_classes, dtype=self.adjacency.dtype, device=self.adjacency.device)
+        return self._classifiers(eye)
+
+    def graph_free_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """Eq. 8 with `graph_free_classifiers`: the scores of fused features [B,feature_dim] without the graph."""
+        return (features @ self.graph_free_classifiers().t()) * self.logit_scale
+
+    def _classifiers(self, adjacency: torch.Tensor) -> torch.Tensor:
         hidden = F.leaky_relu(adjacency @ self.gcn1(self.label_embeddings), LEAKY_SLOPE)
         output = adjacency @ self.gcn2(hidden)
         return F.leaky_relu(output, LEAKY_SLOPE) if self.activation == "every_layer" else output

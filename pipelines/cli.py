@@ -196,6 +196,35 @@ def diagnose(
 
 
 @app.command()
+def report(
+    out: Path | None = typer.Option(None, "--out", help="folder for index.html and its figures (default: reports/report/)"),
+    persons: int = typer.Option(6, min=2, help="test persons shown: the best and the worst predicted, the rest "
+                                               "drawn with params' seed"),
+    model_dir: Path | None = typer.Option(None, "--model-dir", help="a folder holding model.pt, evaluated beside it "
+                                                                    "(default: artifacts/model, evaluated in reports/)"),
+    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="log the folder to the model's MLflow run (report/)"),
+    params_file: Path = typer.Option(DEFAULT_WORKSPACE.params_file, "--params"),
+) -> None:
+    """A static HTML report of the evaluated model: metrics, PR curves, co-occurrence, BOA/BPA/ELD per person."""
+    from core.errors import UserError
+    from core.workspace import Workspace
+    from models.config import ConfigError
+    from pipelines import report as report_pipeline
+
+    params = _workspace_params(params_file)
+    paths = Workspace.at(data_root=params.data.root)
+    paths = report_pipeline.model_paths(paths, model_dir) if model_dir is not None else paths
+    if not (Path(paths.model_dir) / "model.pt").is_file():
+        _fail(f"no trained model at {Path(paths.model_dir) / 'model.pt'}: run `make demo` (or `dvc repro evaluate`) "
+              "first, or pass --model-dir")
+    try:
+        index = report_pipeline.run(paths, out, persons=persons, seed=params.seed, log=mlflow)
+    except (UserError, ConfigError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"written: {index} (open it in a browser; the folder is self-contained)")
+
+
+@app.command()
 def sweep(
     samples: int | None = typer.Option(None, min=1, help="number of trials (default: tune.num_samples)"),
     max_epochs: int | None = typer.Option(None, "--max-epochs", min=1,

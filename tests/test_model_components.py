@@ -286,6 +286,25 @@ def test_eld_propagation_and_activation_readings_by_hand(propagation, activation
                           _hand_classifiers(default, embeddings, applied, activation == "every_layer"), atol=1e-6)
 
 
+@pytest.mark.parametrize("activation", ["between_layers", "every_layer"])
+def test_eld_without_the_graph_is_the_identity_adjacency_by_hand(activation):
+    # `ctxemo report`'s "without ELD" column: the trained weights with Â replaced by I
+    torch.manual_seed(0)
+    embeddings = torch.randn(4, 6)
+    eld = EmotionLabelDependency(P_HAND, embeddings, t=0.2, p=0.2, hidden=8, feature_dim=12, activation=activation)
+    h1 = F.leaky_relu(embeddings @ eld.gcn1.weight.T, negative_slope=0.2)  # each class from its own z_c only
+    h2 = h1 @ eld.gcn2.weight.T
+    expected = F.leaky_relu(h2, negative_slope=0.2) if activation == "every_layer" else h2
+    assert torch.allclose(eld.graph_free_classifiers(), expected, atol=1e-6)
+    features = torch.randn(3, 12)
+    assert torch.allclose(eld.graph_free_scores(features), features @ expected.T / 12 ** 0.5, atol=1e-5)
+    assert not torch.allclose(eld.graph_free_scores(features), eld(features), atol=1e-4)  # the graph mixes classes
+    # class 2 has no neighbour: Â's row 2 is e_2, so its classifier reads only its own embedding either way
+    assert torch.allclose(eld.graph_free_classifiers()[2], eld.classifiers()[2], atol=1e-6)
+    eld.set_edge_params(0.2, 0.0)  # p = 0: Â = I, nothing to remove
+    assert torch.allclose(eld.graph_free_scores(features), eld(features), atol=1e-6)
+
+
 def test_eld_refuses_unknown_readings():
     with pytest.raises(ConfigError, match="model.rrla.eld.propagation must be one of"):
         EmotionLabelDependency(P_HAND, torch.zeros(4, 3), 0.2, 0.2, propagation="symmetric")
