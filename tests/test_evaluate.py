@@ -66,8 +66,12 @@ def test_evaluate_stage_on_a_trained_tiny_model(tiny_workspace, ray_local, tmp_p
     assert written["mAP"] == pytest.approx(results["mAP"]) and written["task"] == "multilabel"
     # the DVC metrics file is the short table; per-class figures live beside it
     assert set(written) == {"task", "dataset", "model", "num_examples", "mAP", "baseline_mAP", "val_mAP", "c_f1",
-                            "o_f1", "jaccard"}
+                            "o_f1", "jaccard", "test_data_version"}
     assert written["model"] == "rrla"
+    # what the promotion gate compares on: the version of the test data the score read
+    from core.evaluation.test_data import test_data_version
+
+    assert written["test_data_version"] == test_data_version(eval_paths) is not None
     details = json.loads((tmp_path / "metrics_per_class.json").read_text())
     assert set(details["per_class"]) == set(load_model_package(paths.model_dir).classes)
     assert details["mAP"] == written["mAP"]

@@ -321,3 +321,14 @@ def test_the_gate_holds_both_models_to_the_test_data_as_it_is_now(champion, tiny
     with pytest.raises(UserError, match=r"was computed on test data .* not on the workspace's test data now"):
         registry.register_and_promote(tiny_workspace.root, MODEL_NAME, 0.005, layout=changed)
     assert len(client.search_model_versions(f"name='{MODEL_NAME}'")) == versions
+
+
+def test_the_evaluation_logs_into_the_finished_training_run_without_reopening_it(champion):
+    # re-opening it with start_run would mark it RUNNING, and a killed evaluation would leave it so
+    run_id = json.loads((Path(champion["artifacts"]) / "model" / "mlflow_run.json").read_text())["run_id"]
+    run = registry.client_for().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    metrics = json.loads(champion["layout"].metrics_file.read_text())
+    assert run.data.metrics["test_mAP"] == metrics["mAP"]
+    artifacts = {a.path for a in registry.client_for().list_artifacts(run_id, "evaluation")}
+    assert {"evaluation/metrics.json", "evaluation/metrics_per_class.json", "evaluation/thresholds.json"} <= artifacts

@@ -223,21 +223,28 @@ def run(paths: Workspace, batch_size: int) -> dict[str, Any]:
 
 
 def _log_to_mlflow(paths: Workspace, results: dict[str, Any], plots: list[Path]) -> None:
-    """Add test metrics, thresholds and plots to the run that trained the model."""
+    """Add test metrics, thresholds and plots to the run that trained the model.
+
+    Through the client, by run id: re-opening the run with `start_run` would set it RUNNING
+    again, and an evaluation killed meanwhile would leave a finished training run RUNNING (and
+    the next training run would then mark it FAILED as abandoned).
+    """
     run_file = Path(paths.model_dir) / "mlflow_run.json"
     if not run_file.is_file():
         return
-    import mlflow
+    import time as _time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
 
     from core import tracking
 
     tracking.setup()
-    scalars = {f"test_{k}": float(v) for k, v in results.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None}
-    with mlflow.start_run(run_id=json.loads(run_file.read_text())["run_id"]):
-        mlflow.log_metrics(scalars)
-        mlflow.log_artifact(str(paths.metrics_file), artifact_path="evaluation")
-        mlflow.log_artifact(str(paths.details_file), artifact_path="evaluation")
-        mlflow.log_artifact(str(paths.thresholds_file), artifact_path="evaluation")
-        for plot in plots:
-            mlflow.log_artifact(str(plot), artifact_path="evaluation/plots")
+    client, run_id = MlflowClient(), json.loads(run_file.read_text())["run_id"]
+    now = int(_time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(f"test_{k}", float(v), now, 0) for k, v in results.items()
+                                      if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None])
+    for file in (paths.metrics_file, paths.details_file, paths.thresholds_file):
+        client.log_artifact(run_id, str(file), artifact_path="evaluation")
+    for plot in plots:
+        client.log_artifact(run_id, str(plot), artifact_path="evaluation/plots")
