@@ -12,8 +12,10 @@ params.yaml, never from code); everything else in ctxemo asks this module. The v
 | CTXEMO_RUN_NAME | `run_name_to_resume()` | a Ray Train run name to resume (resubmitted cluster jobs) |
 | CTXEMO_S3_BUCKET, CTXEMO_S3_PREFIX, AWS_ENDPOINT_URL(_S3), AWS_REGION, ... | `storage_environment()` | S3 storage, parsed and checked by core/storage.py |
 | CTXEMO_FAULTS | core/faults.py through `faults_plan_file()` | tests only: a fault-injection plan |
+| CTXEMO_PROGRESS | `progress_mode()` | `bar` or `plain`: how core/progress.py shows progress (default: a bar on a terminal) |
 
-`apply_embedded_defaults()` sets process-wide defaults for the embedded stack (telemetry off);
+`apply_embedded_defaults()` sets process-wide defaults for the embedded stack (telemetry off,
+Ray's token authentication said explicitly);
 it only fills what the user has not exported, and is called by entry points (the CLI, the
 stages), never at import time.
 """
@@ -37,6 +39,18 @@ DEFAULT_EXPERIMENT = "ctxemo"
 def apply_embedded_defaults() -> None:
     for key, value in EMBEDDED_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    embedded_ray_auth()
+
+
+def embedded_ray_auth() -> None:
+    """RAY_AUTH_MODE=token for the embedded cluster (none when RAY_ADDRESS joins a cluster).
+
+    Token authentication is what Ray turns on anyway for a new local cluster; said explicitly,
+    Ray skips its start-up warning about having turned it on. Ray reads the variable when it is
+    imported, so entry points set it first thing (core/ray_utils.py too, if ray is not imported).
+    """
+    if not ray_address():
+        set_default("RAY_AUTH_MODE", "token")
 
 
 def set_default(name: str, value: str) -> None:
@@ -70,6 +84,15 @@ def run_name_to_resume() -> str | None:
 
 def faults_plan_file() -> str | None:
     return _get("CTXEMO_FAULTS")
+
+
+PROGRESS_MODES = ("bar", "plain")
+
+
+def progress_mode() -> str | None:
+    """`bar` or `plain` when CTXEMO_PROGRESS says so; None (decide by the stream) for anything else."""
+    value = (_get("CTXEMO_PROGRESS") or "").strip().lower()
+    return value if value in PROGRESS_MODES else None
 
 
 def storage_environment() -> Mapping[str, str]:

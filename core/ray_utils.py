@@ -7,7 +7,8 @@ dashboard (when on) listen on the loopback interface and nothing else. Ray binds
 to the node's address; on Linux it picks the routable one (and rewrites an explicit
 127.0.0.1) unless `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, its switch for single-node
 machines, says the node never joins a cluster. Ray's token authentication
-(`RAY_AUTH_MODE=token`, on by default for local clusters since Ray 2.59) stays on as well.
+(`RAY_AUTH_MODE=token`, on by default for local clusters since Ray 2.59) stays on as well;
+ctxemo says so explicitly (`embedded_cluster_env`), which also spares the start-up warning.
 
 With `RAY_ADDRESS` set it joins that cluster instead and passes no resource arguments (Ray
 refuses them when connecting); the node then keeps its routable address, which the cluster
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from typing import Iterator
 
 from core import env
@@ -34,8 +36,30 @@ OBJECT_STORE_MIN_BYTES = 256 * 1024**2
 
 
 def quiet_ray_env() -> None:
-    """Environment every Ray process should see; set before `ray.init` (workers inherit it)."""
+    """Environment every Ray process should see; set before `ray.init` (workers inherit it).
+
+    RAY_TRAIN_ENABLE_PRINT_PATCH=0: Ray Train replaces `print` in its workers with a function
+    that logs the line to the console and, because every Ray worker's sys.stdout is a wrapper
+    (not sys.__stdout__), also prints it: each epoch line arrived twice. Ray Train passes the
+    variable on to its controller and workers, also on a cluster that ctxemo joins.
+    """
     env.set_default("RAY_USAGE_STATS_ENABLED", "0")
+    env.set_default("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+
+
+def embedded_cluster_env() -> None:
+    """Environment of the embedded local cluster only (a joined cluster keeps its own settings).
+
+    RAY_AUTH_MODE=token (`env.embedded_ray_auth`, only while `ray` is not imported yet: Ray
+    reads it into its configuration at import, and a driver whose configuration says
+    otherwise cannot reach its own token-protected GCS). RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0:
+    the watcher follows nodes that an autoscaler drains, which a single-node embedded cluster
+    never has; its actor only made Ray log an error at every training start (its constructor
+    arguments live in the object store).
+    """
+    if "ray" not in sys.modules:
+        env.embedded_ray_auth()
+    env.set_default("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 def serve_loopback_only() -> None:
@@ -82,6 +106,8 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None,
     cleaner polls every second (without it, it logs a warning each time). The resource arguments only apply to an embedded cluster; they are ignored (not an
     error) when `RAY_ADDRESS` names an existing one.
     """
+    if not env.ray_address():
+        embedded_cluster_env()  # before `import ray` (see there)
     import ray
 
     if ray.is_initialized():

@@ -84,6 +84,7 @@ The paper leaves these open; the choices made here:
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -95,14 +96,20 @@ from torch.nn import functional as F
 from models.backbones import build_backbone
 from models.config import ConfigError, ViewConfig, view_spec, view_specs
 from models.dagnet_config import SECTION, DAGNetConfig, DAGNetLossConfig
-from models.dagnet_modules import (
+from models.output import ModelOutput
+from models.registry import register_model
+
+# torch_geometric (imported by dagnet_modules for DenseGCNConv) scripts helpers with torch.jit.script
+# at import, which torch deprecates with a two-line FutureWarning on stderr of every command and
+# Ray worker that loads this module: noise to a user, about code that is not ours. Only that one.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
+from models.dagnet_modules import (  # after the filter
     BodyAttention,
     GlobalSpatialAttention,
     LocalSpatialAttention,
     PlainContext,
 )
-from models.output import ModelOutput
-from models.registry import register_model
 
 TASKS = ("multiclass", "multilabel")
 IMAGE_VIEWS = ("body", "image_body_masked")

@@ -9,7 +9,6 @@ Heavy libraries are imported inside the commands so `ctxemo --help` stays instan
 """
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 
@@ -78,13 +77,16 @@ def synth(
 
 @app.command()
 def stage(name: str = typer.Argument(..., help=" | ".join(STAGES))) -> None:
-    """Run one pipeline stage with params.yaml (what `dvc repro` runs)."""
+    """Run one pipeline stage with params.yaml (what `dvc repro` runs); its full log goes to logs/."""
     if name not in STAGES:
         _fail(f"unknown stage {name!r}; choose one of {', '.join(STAGES)}")
-    module = importlib.import_module(f"stages.{name}")
-    sys.argv = [f"stages.{name}"]
-    code = module.main()
-    raise typer.Exit(code=code or 0)
+    from pipelines import session_log
+    from pipelines.demo import stage_env
+
+    # a child process, so that its whole output (Ray's C++ lines too) reaches logs/stage-<name>-*.log
+    with session_log.session(Path("."), f"stage-{name}", tag=name):
+        code = session_log.call([sys.executable, "-m", f"stages.{name}"], environ=stage_env())
+    raise typer.Exit(code=code)
 
 
 @app.command()
@@ -92,13 +94,13 @@ def demo(
     images: int | None = typer.Option(None, help="override synth.images from params.yaml"),
     fresh: bool = typer.Option(False, help="regenerate the demo data even if it exists"),
 ) -> None:
-    """Generate demo data (if missing), run the pipeline on it and print where everything is."""
+    """Generate demo data (if missing), run the pipeline on it and print where everything is (full log: logs/)."""
     from core.errors import UserError
     from models.config import ConfigError
-    from pipelines.demo import run_demo
+    from pipelines.demo import run_demo_logged
 
     try:
-        run_demo(images=images, fresh=fresh)
+        run_demo_logged(images=images, fresh=fresh)
     except (UserError, ConfigError) as exc:
         _fail(str(exc))
 

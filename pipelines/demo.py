@@ -8,7 +8,6 @@ same way: `dvc repro compare_report`.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from core import env
 from core.errors import UserError
 from core.params import load_params
 from core.workspace import Workspace
+from pipelines import session_log
 
 
 def stage_env() -> dict[str, str]:
@@ -40,10 +40,17 @@ def run_demo(images: int | None = None, fresh: bool = False, workspace: Path = P
     return summary
 
 
+def run_demo_logged(images: int | None = None, fresh: bool = False, workspace: Path = Path(".")) -> dict:
+    """`run_demo` with everything it and the stages print (Ray's output too) in
+    logs/demo-<time>.log; the terminal shows the stages, progress and results (pipelines/session_log.py)."""
+    with session_log.session(workspace, "demo"):
+        return run_demo(images=images, fresh=fresh, workspace=workspace)
+
+
 def repro(target: str, workspace: Path = Path(".")) -> None:
     """`dvc repro <target>` in the workspace with this interpreter first on PATH."""
     print(f"[demo] dvc repro {target}", flush=True)
-    code = subprocess.call([sys.executable, "-m", "dvc", "repro", target], cwd=workspace, env=stage_env())
+    code = session_log.call([sys.executable, "-m", "dvc", "repro", target], cwd=workspace, environ=stage_env())
     if code != 0:
         raise UserError(f"`dvc repro {target}` failed with exit code {code}; the stage's error is printed above")
 

@@ -78,6 +78,7 @@ from core.data.readers.common import (
 )
 from core.errors import UserError
 from core.params import DataConfig
+from core.progress import Progress
 from core.workspace import DEFAULT_WORKSPACE
 
 MANIFEST_SUBDIR = "manifest"
@@ -133,8 +134,12 @@ def check_images(root: Path, image_paths: list[str], decode: bool) -> dict[str, 
     unique = sorted(set(image_paths))
     workers = max(1, min(8, os.cpu_count() or 1))
     root_real = Path(root).resolve()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        checks = list(pool.map(lambda rel: check_image(root / rel, decode, root_real), unique))
+    checks = []
+    with ThreadPoolExecutor(max_workers=workers) as pool, \
+            Progress(len(unique), "ingest: checking images", unit="images") as progress:
+        for check in pool.map(lambda rel: check_image(root / rel, decode, root_real), unique):
+            checks.append(check)
+            progress.update()
     return dict(zip(unique, checks))
 
 

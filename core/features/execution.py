@@ -47,6 +47,7 @@ def run_ray(frames: Sequence[pd.DataFrame], worker_kwargs: dict[str, Any], cfg: 
     actors = max(1, min(actors, len(frames)))
     if worker_kwargs["state_dict"] is not None:
         worker_kwargs["state_dict"] = ray.put(worker_kwargs["state_dict"])
+    quiet_ray_data()
     dataset = ray.data.from_pandas(list(frames))
     dataset = dataset.map_batches(
         ObjectFeatureWorker,
@@ -60,6 +61,23 @@ def run_ray(frames: Sequence[pd.DataFrame], worker_kwargs: dict[str, Any], cfg: 
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         sink(batch)
     return {"actors": actors, "gpus_per_actor": resources.get("num_gpus", 0)}
+
+
+def quiet_ray_data() -> None:
+    """The objects stage counts its persons itself (core/progress.py, in objects.run): Ray Data's
+    own progress (a block of lines every 10 s when stdout is not a terminal) and its execution
+    plan at the start are off. Two loggers are turned down: the progress module's, which would
+    announce as a warning that its bars are off, and the executor's INFO line at the end (it lands
+    in the middle of our bar); their warnings and Ray Data's others stay."""
+    import logging
+
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
 
 
 def compute_shards(plans: Sequence[ShardPlan], worker_kwargs: dict[str, Any], cfg: ObjectsConfig, engine: str,

@@ -50,6 +50,7 @@ from core.features.roi_model import (
 from core.features.shards import ShardCollector, shard_is_done
 from core.features.weights import WeightsChoice, resolve_weights
 from core.params import ObjectsConfig, Params
+from core.progress import Progress
 from core.workspace import DEFAULT_WORKSPACE
 
 SUPPORTED_DETECTORS = ("fasterrcnn_resnet50_fpn",)
@@ -179,6 +180,15 @@ def _computed_by_split(written: Sequence[str]) -> dict[str, list[int]]:
     return computed
 
 
+def counted(sink: Callable[[dict], None], progress: Progress) -> Callable[[dict], None]:
+    """`sink` that also counts the person rows of each batch as done."""
+    def add(batch: dict) -> None:
+        sink(batch)
+        progress.update(len(batch["shard_key"]))
+
+    return add
+
+
 def run(params: Params, splits: Sequence[str] = SPLITS, out_dir: Path = DEFAULT_WORKSPACE.objects_dir,
         limit_shards: int | None = None, *, manifest_dir: Path = DEFAULT_WORKSPACE.manifest_dir, shard_root: Path | None = None,
         engine: str = "ray", log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -209,11 +219,12 @@ def run(params: Params, splits: Sequence[str] = SPLITS, out_dir: Path = DEFAULT_
             f"{len(w.plans)} shards ({len(w.reused)} already done)")
     log(f"objects: weights {choice.source} ({choice.name}); boxes from {cfg.boxes}; top_n {cfg.top_n}")
 
-    collector = ShardCollector(pending, {s: w.shard_dir for s, w in work.items()},
-                               {s: len(w.plans) for s, w in work.items()}, log)
     worker_kwargs = {"cfg": cfg, "choice": choice, "state_dict": state_dict,
                      "data_root": str(data_root.resolve()), "seed": params.seed}
-    execution = compute_shards(pending, worker_kwargs, cfg, engine, collector.add)
+    with Progress(sum(p.n_persons for p in pending), "objects: features", unit="persons") as progress:
+        collector = ShardCollector(pending, {s: w.shard_dir for s, w in work.items()},
+                                   {s: len(w.plans) for s, w in work.items()}, progress.around(log))
+        execution = compute_shards(pending, worker_kwargs, cfg, engine, counted(collector.add, progress))
     if collector.missing():
         raise RuntimeError(f"objects: shards {collector.missing()[:5]} got fewer person rows than planned")
     compute_seconds = time.perf_counter() - started

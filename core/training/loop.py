@@ -11,6 +11,7 @@ core/training/trainer.py runs it as the training stage.
 """
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -173,7 +174,15 @@ class EpochLoop:
         """Move/wrap the model for its device and process group (DDP under Ray Train)."""
         self.model = self._wrap(self.model) if self._wrap else self.model.to(self.device)
 
-    def run_epoch(self, epoch: int) -> dict[str, float]:
+    def epoch_samples(self) -> int:
+        """Training samples of one epoch over all workers: DistributedSampler gives every rank the
+        same count, less the batch of one that `_loader` drops."""
+        loader = self.train_loader
+        per_rank = len(loader.sampler) - (len(loader.sampler) % loader.batch_size if loader.drop_last else 0)
+        return per_rank * self.world
+
+    def run_epoch(self, epoch: int, progress=None) -> dict[str, float]:
+        """One train + validate epoch; `progress` (core/progress.py) counts the training samples."""
         import torch
 
         from core.data.dataset import model_inputs
@@ -198,6 +207,8 @@ class EpochLoop:
             self.optimizer.step()
             seen += len(target)
             loss_sum += float(loss.detach()) * len(target)
+            if progress is not None:
+                progress.update(len(target) * self.world)
         train_seconds = time.perf_counter() - started
         if self.params.train.precise_bn:
             recompute_batchnorm_statistics(self.model, self.train_loader, self.device)
@@ -242,7 +253,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     epochs = loop.params.train.epochs
 
     for epoch in range(loop.start_epoch, epochs):
-        record = loop.run_epoch(epoch)
+        record = loop.run_epoch(epoch, progress=_epoch_progress(loop, epoch, epochs) if rank == 0 else None)
         checkpoint = None
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
@@ -258,6 +269,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report({**record, "best": loop.best}, checkpoint=checkpoint)
         # after the epoch's checkpoint is reported: a worker lost here resumes from this epoch
         fault_point("train.after_epoch", epoch=epoch, rank=rank)
+
+
+def _epoch_progress(loop: EpochLoop, epoch: int, epochs: int):
+    """Rank 0's progress through an epoch: plain lines at each quarter, never a bar (Ray forwards a
+    worker's output line by line), on stdout beside the epoch line that follows the last quarter."""
+    from core.progress import Progress
+
+    return Progress(loop.epoch_samples(), f"[train] epoch {epoch + 1}/{epochs}", unit="samples",
+                    stream=sys.stdout, bar=False, final=False)
 
 
 def recompute_batchnorm_statistics(model, loader, device) -> int:

@@ -46,6 +46,7 @@ trial) and `sweep.trial_result` (in the driver); see core/faults.py.
 from pipelines.sweep.callbacks import (
     DriverFaultPoint,
     DropFinishedCheckpoints,
+    SweepProgress,
     SweepTracker,
 )
 from pipelines.sweep.driver import DEFAULT_REPORT_DIR, SEARCHERS, STATE_FILE, run
@@ -61,7 +62,7 @@ from pipelines.sweep.trial import METRIC, MODE, sweep_trial, trial_dirname
 
 __all__ = [
     "DEFAULT_REPORT_DIR", "METRIC", "MODE", "SEARCHERS", "STATE_FILE", "DriverFaultPoint",
-    "DropFinishedCheckpoints", "SweepTracker", "adopt_command", "best_row", "build_space",
+    "DropFinishedCheckpoints", "SweepProgress", "SweepTracker", "adopt_command", "best_row", "build_space",
     "check_object_prefix", "nested", "paper_values", "run", "sweep_trial", "trial_dirname", "trial_rows",
     "write_reports",
 ]

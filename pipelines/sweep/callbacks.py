@@ -1,4 +1,4 @@
-"""Tune callbacks of the sweep driver: MLflow child runs, checkpoint clean-up, the driver's fault point.
+"""Tune callbacks of the sweep driver: MLflow child runs, checkpoint clean-up, progress, the driver's fault point.
 
 They run in the driver process, which sees every trial's results; a restored sweep unpickles
 them with the experiment, so they keep no state that a restore would lose.
@@ -102,6 +102,58 @@ class DropFinishedCheckpoints(tune.Callback):
             checkpoint.filesystem.delete_dir(checkpoint.path)
         except OSError as exc:  # best effort: a leftover file costs space, never correctness
             print(f"[sweep] could not delete {checkpoint.path}: {exc}")
+
+
+class SweepProgress(tune.Callback):
+    """The sweep's progress, in the driver: trials ended out of the sweep's total and the best metric.
+
+    On a terminal a bar, with one line per ended trial above it; elsewhere only those lines (a
+    sweep has few trials, and each line says how far the sweep is). The counts come from Tune's
+    list of trials at each event, so a restored sweep (which unpickles this callback without its
+    bar) counts the trials its first run finished too.
+    """
+
+    def __init__(self, num_samples: int, metric_name: str, max_epochs: int) -> None:
+        self.num_samples, self.metric_name, self.max_epochs = num_samples, metric_name, max_epochs
+        self._progress = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_progress": None}
+
+    def progress(self):
+        if self._progress is None:
+            from core.progress import Progress
+
+            self._progress = Progress(self.num_samples, "[sweep] trials", unit="trials", step=None, quiet_s=0.0)
+        return self._progress
+
+    def setup(self, **info):
+        self.progress()  # the bar from the start, not from the first trial's end
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        epochs = int((trial.last_result or {}).get("training_iteration", 0))
+        self._ended(trials, trial, "finished" if epochs >= self.max_epochs else "stopped early (ASHA)")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended(trials, trial, "failed")
+
+    def on_experiment_end(self, trials, **info):
+        if self._progress is not None:
+            self._progress.close()
+
+    def _ended(self, trials, trial, outcome: str) -> None:
+        ended = sum(1 for t in trials if t.is_finished() or t is trial)
+        # a trial's "best" is its best epoch so far (EpochLoop); running trials count too
+        scores = [t.last_result.get("best", t.last_result[METRIC]) for t in trials
+                  if (t.last_result or {}).get(METRIC) is not None]
+        best = f"{max(scores):.4f}" if scores else "none yet"
+        result = trial.last_result or {}
+        value = (f"{self.metric_name} {result[METRIC]:.4f} after {result.get('training_iteration', 0)} epoch(s)"
+                 if result.get(METRIC) is not None else "no result")
+        progress = self.progress()
+        progress.note(f"[sweep] trial {trial.trial_id} {outcome}: {value}; "
+                      f"{ended}/{self.num_samples} trials ended, best {self.metric_name} {best}")
+        progress.advance_to(ended, best=best)
 
 
 class DriverFaultPoint(tune.Callback):

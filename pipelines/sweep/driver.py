@@ -26,6 +26,7 @@ from core.workspace import DEFAULT_WORKSPACE, Workspace
 from pipelines.sweep.callbacks import (
     DriverFaultPoint,
     DropFinishedCheckpoints,
+    SweepProgress,
     SweepTracker,
 )
 from pipelines.sweep.reports import trial_rows, write_reports
@@ -187,7 +188,9 @@ def _tuner(state: dict[str, Any], params: Params, paths: Workspace, space: dict[
             failure_config=tune.FailureConfig(max_failures=tune_cfg.max_failures),
             # the latest checkpoint is all a restored trial needs; older ones only fill the disk
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=callbacks, verbose=1,
+            # SweepProgress reports each ended trial in a line; Tune's own tables (a config table per
+            # trial start, a result table per trial end, a status table every few seconds) are off
+            callbacks=callbacks, verbose=0,
         ),
     )
 
@@ -235,6 +238,7 @@ def _start(params_dict: dict[str, Any], paths: Workspace, state_file: Path, *, t
         state.update(_start_parent_run(params, state))
         callbacks.append(SweepTracker(state["tracking_uri"], state["experiment_id"], state["parent_run_id"],
                                       state["metric_name"], state["max_epochs"]))
+    callbacks.append(SweepProgress(state["num_samples"], state["metric_name"], state["max_epochs"]))
     callbacks.append(DriverFaultPoint())
     state_file.parent.mkdir(parents=True, exist_ok=True)
     state_file.write_text(json.dumps(state, indent=2))
