@@ -36,8 +36,22 @@ def run_demo(images: int | None = None, fresh: bool = False, workspace: Path = P
     ensure_demo_data(workspace, images=images, fresh=fresh)
     repro("evaluate", workspace)
     summary = describe_outputs(workspace)
-    print(f"[demo] finished in {time.perf_counter() - started:.0f} s", flush=True)
+    summary["report"] = str(write_report(workspace))
+    print(f"[demo] finished in {time.perf_counter() - started:.0f} s; report: {summary['report']}", flush=True)
     return summary
+
+
+def write_report(workspace: Path = Path(".")) -> Path:
+    """The demo's last step: the HTML report of the evaluated model (what `ctxemo report` writes)."""
+    from pipelines import report
+
+    params = load_params(Workspace.at(workspace).params_file)
+    print("[demo] writing the report", flush=True)
+    index = report.run(Workspace.at(workspace, data_root=params.data.root), seed=params.seed).resolve()
+    print(f"report: {index} (open it in a browser; the folder is self-contained)\n"
+          f"predict: ctxemo predict <photo.jpg> --annotate out.png (the workspace's model until one is promoted)",
+          flush=True)
+    return index
 
 
 def run_demo_logged(images: int | None = None, fresh: bool = False, workspace: Path = Path(".")) -> dict:
