@@ -84,3 +84,98 @@ def git_commit(cwd: Path | None = None) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+# --------------------------------------------------------------------------- the MLflow model
+#
+# The train stage logs the trained model as an MLflow pyfunc model "from code": MLflow stores a
+# three-line file naming `PYFUNC_LOADER`'s EmotionModel (the installed ctxemo's code, pinned by the
+# model's requirements and metadata) and the artifacts it reads, and pickles nothing. The model
+# is named by module path, the way MLflow's own flavors name their loader modules: the code that
+# predicts is the predict pipeline's, above this library.
+
+PYFUNC_LOADER = "pipelines.mlflow_model"
+IMAGE_COLUMN = "image"                     # base64-encoded image file bytes (JPEG, PNG, ...)
+BOX_COLUMNS = ("x1", "y1", "x2", "y2")     # the person's box in the image's pixels
+MODEL_CODE_FILE = "ctxemo_model.py"
+MODEL_CODE = f'''"""ctxemo's emotion model for MLflow's models-from-code loader.
+
+The code is the installed ctxemo package ({PYFUNC_LOADER}; its version and git commit are in
+the model's metadata); the weights are artifacts/model.pt, read weights-only. Nothing is pickled.
+"""
+import mlflow
+
+from {PYFUNC_LOADER} import EmotionModel
+
+mlflow.models.set_model(EmotionModel())
+'''
+
+
+def code_version() -> dict[str, str]:
+    """The ctxemo package's version and the git commit of its source tree ("unknown" outside a checkout)."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("ctxemo")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {"version": version, "git_commit": git_commit(Path(__file__).resolve().parent) or "unknown"}
+
+
+def pyfunc_signature(classes: list[str]):
+    """Inputs: one person a row (`image` base64, `x1..y2` floats); outputs: one float score column per class."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+
+    inputs = Schema([ColSpec(DataType.string, IMAGE_COLUMN), *(ColSpec(DataType.double, c) for c in BOX_COLUMNS)])
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(DataType.float, c) for c in classes]))
+
+
+def pyfunc_input_example():
+    """One person in a generated 64x48 PNG, so that the example travels with the model."""
+    import base64
+    import io
+
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    y, x = np.mgrid[0:48, 0:64]
+    pixels = np.stack([x * 4, y * 5, (x + y) * 2], axis=-1).astype(np.uint8)
+    encoded = io.BytesIO()
+    Image.fromarray(pixels).save(encoded, format="PNG")
+    return pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(encoded.getvalue()).decode("ascii")],
+                         "x1": [16.0], "y1": [4.0], "x2": [48.0], "y2": [44.0]})
+
+
+def log_pyfunc_model(model_file: Path, objects_meta: Path | None = None, name: str = "model"):
+    """Log `model_file` (an exported model.pt) to the active run as ctxemo's pyfunc model; returns MLflow's ModelInfo.
+
+    Artifacts: model.pt (state_dict, the model spec with its typed config, classes, task, params) and
+    the objects stage's meta.json (the weights that computed the object features), when given.
+    """
+    import shutil
+    import tempfile
+
+    import mlflow
+    import torch
+
+    from core import checkpoints
+
+    package = checkpoints.load(model_file, what="model file")
+    metadata = {"ctxemo": {**code_version(), "loader": PYFUNC_LOADER, "task": package["task"],
+                           "classes": list(package["classes"]), "spec": package["spec"],
+                           "input": f"{IMAGE_COLUMN}: base64 image bytes; {', '.join(BOX_COLUMNS)}: person box (px)"}}
+    version = metadata["ctxemo"]["version"]
+    requirements = [f"torch=={torch.__version__.split('+')[0]}",
+                    "ctxemo" if version == "unknown" else f"ctxemo=={version}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        code = Path(tmp) / MODEL_CODE_FILE
+        code.write_text(MODEL_CODE)
+        artifacts = {"model": str(model_file)}  # stored under their file names: artifacts/model.pt
+        if objects_meta is not None and Path(objects_meta).is_file():
+            artifacts["objects_meta"] = str(shutil.copy(objects_meta, Path(tmp) / "objects_meta.json"))
+        return mlflow.pyfunc.log_model(name=name, python_model=str(code), artifacts=artifacts,
+                                       signature=pyfunc_signature(list(package["classes"])),
+                                       input_example=pyfunc_input_example(), metadata=metadata,
+                                       pip_requirements=requirements)

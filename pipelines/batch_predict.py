@@ -6,7 +6,8 @@
     ctxemo predict-batch            # CTXEMO_BATCH_INPUT_URI -> CTXEMO_BATCH_OUTPUT_URI/predictions.parquet
 
 Images are spread over a Ray Data actor pool (one CPU per actor; the model is loaded once by the
-driver and shared through the object store); each actor runs `pipelines.predict.Predictor`, so a row holds exactly what `ctxemo predict` prints for that
+driver, a registered one through MLflow as `ctxemo predict` loads it, and shared through the object
+store); each actor runs `pipelines.predict.Predictor`, so a row holds exactly what `ctxemo predict` prints for that
 person. S3 locations go through `core.storage` (endpoint, region; credentials from the AWS
 chain on every node). `--boxes` is a CSV `image,x1,y1,x2,y2` (image relative to SRC, one row per
 person); images it does not list get people detection.

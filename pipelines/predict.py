@@ -3,7 +3,13 @@
     ctxemo predict photo.jpg                                   # models:/<registry.model_name>@champion
     ctxemo predict photo.jpg --box 40,20,160,230 --annotate out.png
     ctxemo predict a.jpg b.jpg --model artifacts               # a local artifacts/ folder (or artifacts/model)
-    ctxemo predict a.jpg --model models:/ctxemo-rrla/3         # a version, an alias, or runs:/<run id>
+    ctxemo predict a.jpg --model models:/ctxemo-rrla/3         # a version, an alias, or runs:/<run id>[/model]
+
+A registered model is the pyfunc model the train stage logs (pipelines/mlflow_model.py): MLflow downloads
+it (`mlflow.artifacts.download_artifacts`, any URI form MLflow accepts) and the installed code rebuilds it
+from its weights-only model.pt as `mlflow.pyfunc.load_model` does, without running the code file stored
+with it; thresholds come from its run's evaluation. Any other model (an older ctxemo's pickled
+`mlflow.pytorch` module) is refused in one line, never unpickled.
 
 Every number is computed the way training computed it, by the same code:
 - people: the given boxes, else `core.detection.people.find_people` (Faster R-CNN person class with
@@ -23,7 +29,6 @@ when its score reaches the per-class threshold chosen on val by the evaluation s
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,8 +43,9 @@ from core.workspace import Workspace
 if TYPE_CHECKING:
     from core.features.extractor import ImageObjects
 
-MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
-RUN_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-f]{32})/?$")
+THRESHOLDS_ARTIFACT = "evaluation/thresholds.json"  # what the evaluation stage logs into the model's run
+REREGISTER = ("retrain and register it with this ctxemo (`dvc repro train evaluate`, then `ctxemo promote`): "
+              "older versions registered a pickled mlflow.pytorch module, which ctxemo never unpickles")
 TOP_OBJECTS = 3
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -112,13 +118,18 @@ def _check_thresholds(package, source: str) -> None:
 
 
 def load_model(spec: str, workspace: Path = Path(".")) -> LoadedModel:
-    """A registry URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID) or a local folder."""
+    """A registry URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID[/model]) or a local folder.
+
+    A local folder: artifacts/ or artifacts/model/ (holding model.pt), or a downloaded MLflow model.
+    """
     from core.inference import load_model_package
 
     workspace = Path(workspace)
     if spec.startswith(("models:/", "runs:/")):
         return _load_from_mlflow(spec, workspace)
     path = Path(spec)
+    if (path / "MLmodel").is_file():
+        return from_mlflow_folder(path, spec, objects_meta=_read_json(Workspace.at(workspace).objects_meta))
     if (path / "model.pt").is_file():
         model_dir, thresholds = path, next((p for p in (path / "thresholds.json", path.parent / "thresholds.json")
                                             if p.is_file()), None)
@@ -126,7 +137,7 @@ def load_model(spec: str, workspace: Path = Path(".")) -> LoadedModel:
         model_dir, thresholds = path / "model", path / "thresholds.json"
     else:
         raise UserError(f"--model {spec!r}: neither a models:/ or runs:/ URI nor a folder holding model.pt "
-                        "(artifacts/ or artifacts/model/)")
+                        "(artifacts/ or artifacts/model/) or an MLflow model (MLmodel)")
     package = load_model_package(model_dir, thresholds)
     _check_thresholds(package, spec)
     run = _read_json(model_dir / "mlflow_run.json")
@@ -134,39 +145,90 @@ def load_model(spec: str, workspace: Path = Path(".")) -> LoadedModel:
                        objects_meta=_read_json(Workspace.at(workspace).objects_meta))
 
 
-def _load_from_mlflow(spec: str, workspace: Path) -> LoadedModel:
-    from mlflow.exceptions import MlflowException
+def mlflow_artifacts(folder: Path, source: str) -> tuple[Any, dict[str, Path]]:
+    """(MLflow's Model, {artifact name: local path}) of a downloaded ctxemo pyfunc model; UserError for any other."""
+    from mlflow.models import Model
 
+    folder = Path(folder)
+    if not (folder / "MLmodel").is_file():
+        raise UserError(f"{source}: not an MLflow model (no MLmodel file); {REREGISTER}")
+    model = Model.load(str(folder / "MLmodel"))
+    pyfunc = model.flavors.get("python_function", {})
+    artifacts = pyfunc.get("artifacts") or {}
+    if "ctxemo" not in (model.metadata or {}) or "model_code_path" not in pyfunc or "model" not in artifacts:
+        raise UserError(f"{source}: not a ctxemo pyfunc model (flavors: {', '.join(sorted(model.flavors))}); "
+                        f"{REREGISTER}")
+    return model, {name: folder / entry["path"] for name, entry in artifacts.items()}
+
+
+def from_artifacts(artifacts: dict[str, Any], source: str, thresholds: Path | None = None,
+                   objects_meta: dict[str, Any] | None = None) -> LoadedModel:
+    """The model a ctxemo pyfunc model's artifacts hold: model.pt read weights-only, its objects record."""
     from core.inference import load_model_package
+
+    model_file = Path(artifacts["model"])
+    if model_file.name != "model.pt":
+        raise UserError(f"{source}: its model artifact is {model_file.name}, not a ctxemo model.pt")
+    package = load_model_package(model_file.parent, thresholds)
+    _check_thresholds(package, source)
+    if "objects_meta" in artifacts:  # the record the model was trained with, logged with it
+        objects_meta = _read_json(Path(artifacts["objects_meta"]))
+    return LoadedModel(package=package, source=source, objects_meta=objects_meta)
+
+
+def from_mlflow_folder(folder: Path, source: str, thresholds: Path | None = None,
+                       objects_meta: dict[str, Any] | None = None) -> LoadedModel:
+    """A downloaded ctxemo pyfunc model, rebuilt by this code from its artifacts (its code file is not run)."""
+    model, artifacts = mlflow_artifacts(folder, source)
+    loaded = from_artifacts(artifacts, source, thresholds, objects_meta)
+    loaded.run_id = model.run_id
+    return loaded
+
+
+def _load_from_mlflow(spec: str, workspace: Path) -> LoadedModel:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
     from pipelines import registry
 
     client = registry.client_for(None, workspace)
-    version = None
+    uri, version = spec, None
     try:
-        if (match := MODEL_URI.match(spec)) is not None:
-            name = match["name"]
-            found = (client.get_model_version_by_alias(name, match["alias"]) if match["alias"]
-                     else client.get_model_version(name, match["version"]))
-            run_id, version = found.run_id, str(found.version)
-        elif (match := RUN_URI.match(spec)) is not None:
-            run_id = match["run_id"]
+        if spec.startswith("runs:/"):  # MLflow's own parsing; runs:/ID alone means its logged model
+            run_id, path = RunsArtifactRepository.parse_runs_uri(spec)
+            uri = spec if path else f"runs:/{run_id}/{registry.MODEL_ARTIFACT}"
         else:
-            raise UserError(f"--model {spec!r}: expected models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID")
+            found = get_model_name_and_version(client, spec)  # (name, version), or (model id,)
+            version = str(found[1]) if len(found) == 2 else None
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = Path(client.download_artifacts(run_id, "checkpoint", tmp))
-            thresholds = Path(client.download_artifacts(run_id, "evaluation/thresholds.json", tmp))
-            try:
-                meta_file = Path(client.download_artifacts(run_id, registry.OBJECTS_META_ARTIFACT, tmp))
-            except (MlflowException, OSError):
-                meta_file = None
-            package = load_model_package(checkpoint, thresholds)
-            objects_meta = _read_json(meta_file) if meta_file is not None else None
+            folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=f"{tmp}/model",
+                                                              tracking_uri=client.tracking_uri,
+                                                              registry_uri=client.tracking_uri))
+            model, artifacts = mlflow_artifacts(folder, spec)  # refuses any other model before reading it
+            thresholds = _run_artifact(client, model.run_id, THRESHOLDS_ARTIFACT, f"{tmp}/run")
+            meta_file = _run_artifact(client, model.run_id, registry.OBJECTS_META_ARTIFACT, f"{tmp}/run")
+            loaded = from_artifacts(artifacts, spec, thresholds, _read_json(meta_file) if meta_file else None)
     except MlflowException as exc:
         raise UserError(f"--model {spec}: {exc.message} (MLflow store {client.tracking_uri})") from None
-    _check_thresholds(package, spec)
-    if objects_meta is None:  # registered before meta.json was logged with it: the workspace's record
-        objects_meta = _read_json(Workspace.at(workspace).objects_meta)
-    return LoadedModel(package=package, source=spec, objects_meta=objects_meta, run_id=run_id, version=version)
+    if loaded.objects_meta is None:  # logged with neither the model nor its registration: the workspace's record
+        loaded.objects_meta = _read_json(Workspace.at(workspace).objects_meta)
+    loaded.run_id, loaded.version = model.run_id, version
+    return loaded
+
+
+def _run_artifact(client, run_id: str | None, path: str, tmp: str) -> Path | None:
+    """A file logged into run `run_id`, downloaded into `tmp`; None when there is none (or no run)."""
+    from mlflow.exceptions import MlflowException
+
+    if run_id is None:
+        return None
+    try:
+        Path(tmp).mkdir(parents=True, exist_ok=True)
+        return Path(client.download_artifacts(run_id, path, tmp))
+    except (MlflowException, OSError):
+        return None
 
 
 # --------------------------------------------------------------------------- predictions
@@ -217,9 +279,14 @@ class ImagePrediction:
 
 
 class Predictor:
-    """One loaded model and its object extractor; `predict(image)` for any number of images."""
+    """One loaded model and its object extractor; `predict(image)` for any number of images.
 
-    def __init__(self, loaded: LoadedModel, workspace: Path = Path("."), people_score_threshold: float = 0.5):
+    `data_set_images=False`: no image is looked up in the data set's boxes file (the MLflow model's
+    images come as bytes, staged in temporary files, so none is the data set's own).
+    """
+
+    def __init__(self, loaded: LoadedModel, workspace: Path = Path("."), people_score_threshold: float = 0.5,
+                 data_set_images: bool = True):
         from core.features.extractor import ObjectFeatureExtractor
         from core.params import ObjectsConfig
         from models.config import from_dict
@@ -233,7 +300,8 @@ class Predictor:
         self.objects = None  # only models reading the objects view need the extractor
         if "objects" in package.model.views:
             self.objects = ObjectFeatureExtractor(cfg, int(params["seed"]), loaded.objects_meta,
-                                                  data_root=data_root if data_root.is_dir() else None)
+                                                  data_root=data_root if data_set_images and data_root.is_dir()
+                                                  else None)
         self.people_weights = cfg.weights if cfg.boxes == "detector" else None
         self.people_score_threshold = people_score_threshold
         self._face_detector = None

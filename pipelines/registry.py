@@ -10,12 +10,14 @@ equal to it. A model whose evaluation failed, was skipped or belongs to an older
 reaches the registry.
 
 Registration creates a new version of `registry.model_name` from the run's `model` artifact (the
-`mlflow.pytorch` model the train stage logs), tagged with the test data version (the evaluation's
-`test_data_version`: a digest of the test data itself, core/evaluation/test_data.py), the DVC
-hashes of the train stage's data dependencies in dvc.lock (provenance only), the git commit,
-the params hash and the test metrics, and points the `challenger` alias at it. The objects
-stage's meta.json (which weights computed the object features) goes into the run as
-`registry/objects_meta.json`, so `ctxemo predict` can rebuild the same features anywhere.
+MLflow pyfunc model the train stage logs, pipelines/mlflow_model.py: weights-only model.pt, signature,
+input example, code version; `mlflow.pyfunc.load_model("models:/NAME@champion")` loads it), tagged
+with the test data version (the evaluation's `test_data_version`: a digest of the test data
+itself, core/evaluation/test_data.py), the DVC hashes of the train stage's data dependencies in
+dvc.lock (provenance only), the git commit, the params hash and the test metrics, and points the
+`challenger` alias at it. The objects stage's meta.json (which weights computed the object
+features) goes into the run as `registry/objects_meta.json` (the model carries its own copy;
+`ctxemo predict` falls back to this one).
 
 The gate compares the challenger with the current `champion` on the primary test metric (mAP for
 EMOTIC, accuracy for CAER-S): promotion needs `challenger - champion >= registry.min_improvement`;
@@ -230,7 +232,7 @@ def logged_model(client, run_id: str, name: str = MODEL_ARTIFACT):
     found = client.search_logged_models(experiment_ids=[run.info.experiment_id],
                                         filter_string=f"source_run_id = '{run_id}' AND name = '{name}'")
     if not found:
-        raise UserError(f"run {run_id} logged no {name!r} model (the train stage logs one with mlflow.pytorch)")
+        raise UserError(f"run {run_id} logged no {name!r} model (the train stage logs one: `dvc repro train`)")
     return max(found, key=lambda m: m.creation_timestamp)
 
 

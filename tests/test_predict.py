@@ -164,6 +164,103 @@ def test_predict_command_prints_json_and_draws_the_annotated_image(champion, ref
     assert missing.exit_code == 2 and "no-such-model" in missing.output
 
 
+def _encoded(image: Path) -> str:
+    import base64
+
+    return base64.b64encode(Path(image).read_bytes()).decode("ascii")
+
+
+def test_the_champion_loads_with_mlflows_own_api_and_holds_no_pickled_module(champion, reference, tmp_path):
+    """#16 item 6: a pyfunc model by alias, with a signature, an input example and the code's version."""
+    import mlflow
+    from mlflow.models import Model
+
+    from core import tracking
+    from pipelines.mlflow_model import EmotionModel
+
+    classes = reference[0].classes
+    model = mlflow.pyfunc.load_model(champion["uri"])
+    assert isinstance(model.unwrap_python_model(), EmotionModel)
+    signature = model.metadata.signature
+    assert signature.inputs.input_names() == ["image", "x1", "y1", "x2", "y2"]
+    assert [str(t) for t in signature.inputs.input_types()] == ["DataType.string"] + ["DataType.double"] * 4
+    assert signature.outputs.input_names() == classes
+    info = model.metadata.metadata["ctxemo"]
+    assert info["version"] == tracking.code_version()["version"] != "unknown"
+    assert info["git_commit"] == tracking.git_commit(Path(__file__).resolve().parent)
+    assert info["spec"]["name"] == "rrla" and info["spec"]["config"] and info["classes"] == classes
+
+    folder = Path(mlflow.artifacts.download_artifacts(champion["uri"], dst_path=str(tmp_path / "model")))
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert "python_model.pkl" not in files and set(Model.load(str(folder)).flavors) == {"python_function"}
+    binary = []
+    for name in files:
+        try:
+            (folder / name).read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            binary.append(name)
+    assert binary == ["artifacts/model.pt"]  # everything else is text: MLmodel, code, requirements, examples
+    state = torch.load(folder / "artifacts" / "model.pt", weights_only=True)  # tensors and plain values only
+    assert set(state) >= {"spec", "state_dict", "classes", "task", "params"}
+    assert all(isinstance(v, torch.Tensor) for v in state["state_dict"].values())
+    assert json.loads((folder / "artifacts" / "objects_meta.json").read_text())["weights"]["source"] == "random"
+
+    example = Model.load(str(folder)).load_input_example(str(folder))
+    assert list(example.columns) == ["image", "x1", "y1", "x2", "y2"] and len(example) == 1
+    out = model.predict(example)
+    assert list(out.columns) == classes and out.shape == (1, len(classes)) and np.isfinite(out.to_numpy()).all()
+
+
+def test_the_pyfunc_model_gives_the_scores_ctxemo_predict_prints(champion, reference, tmp_path, monkeypatch):
+    import shutil
+
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+    from typer.testing import CliRunner
+
+    from core import tracking
+    from pipelines.cli import app
+
+    classes = reference[0].classes
+    _, manifest, _ = reference
+    rows = [manifest.iloc[0], manifest.iloc[1]]
+    images = []
+    for i, row in enumerate(rows):  # photos outside the data set: bytes have no place in it
+        images.append(tmp_path / f"photo{i}{Path(row['image_path']).suffix}")
+        shutil.copy(champion["eval_paths"].data_root / row["image_path"], images[-1])
+    model = mlflow.pyfunc.load_model(champion["uri"])
+    frame = pd.DataFrame({"image": [_encoded(p) for p in images],
+                          **{c: [float(r["person_box"][k]) for r in rows] for k, c in enumerate(tracking.BOX_COLUMNS)}})
+    out = model.predict(frame)
+    monkeypatch.chdir(champion["workspace"])
+    for i, row in enumerate(rows):
+        done = CliRunner().invoke(app, ["predict", str(images[i]), "--model", champion["uri"],
+                                        "--box", ",".join(str(float(v)) for v in row["person_box"])])
+        assert done.exit_code == 0, done.output
+        (person,) = json.loads(done.stdout)["people"]
+        by_label = {e["label"]: e["score"] for e in person["emotions"]}
+        np.testing.assert_allclose(out.loc[i, classes].to_numpy(np.float64), [by_label[c] for c in classes],
+                                   rtol=1e-6, atol=1e-7)
+
+    # a downloaded model folder is a --model too, with the same numbers
+    folder = mlflow.artifacts.download_artifacts(champion["uri"], dst_path=str(tmp_path / "model"))
+    local = predict.Predictor(predict.load_model(folder, champion["workspace"]), data_set_images=False)
+    np.testing.assert_allclose(local.predict(images[0], [rows[0]["person_box"]]).people[0].scores,
+                               out.loc[0, classes].to_numpy(np.float32), rtol=1e-6)
+    # the training run's logged model, by run: the same network, and no version
+    run_id = json.loads((Path(champion["artifacts"]) / "model" / "mlflow_run.json").read_text())["run_id"]
+    by_run = predict.load_model(f"runs:/{run_id}", champion["workspace"])
+    assert by_run.run_id == run_id and by_run.version is None and by_run.package.thresholds is not None
+    network = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().loaded.package.model
+    for name, tensor in network.state_dict().items():
+        assert torch.equal(tensor, by_run.package.model.state_dict()[name])
+    with pytest.raises(MlflowException, match="row 0: image is not base64-encoded image bytes"):
+        model.predict(frame.assign(image="not an image!"))
+    with pytest.raises(MlflowException, match=r"row 1: box \[.*\] is not x1 < x2"):
+        model.predict(frame.assign(x2=[frame["x2"][0], 0.0]))
+
+
 def test_batch_prediction_writes_the_same_per_person_numbers_to_parquet(champion, reference, tmp_path):
     from pipelines import batch_predict
 

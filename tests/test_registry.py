@@ -2,7 +2,9 @@
 
 The workspaces here are what the train and evaluate stages leave behind (artifacts/model/
 mlflow_run.json, reports/metrics.json logged as the run's evaluation/metrics.json, dvc.lock),
-with a small real `mlflow.pytorch` model in each run; training itself is tested elsewhere.
+with a small pickled `mlflow.pytorch` model in each run, as an older ctxemo logged (registration does not
+look inside it; `ctxemo predict` refuses it); training and its pyfunc model are tested elsewhere
+(tests/test_train.py, tests/test_predict.py).
 """
 from __future__ import annotations
 
@@ -127,6 +129,26 @@ def test_first_model_becomes_champion_with_tags_and_both_aliases(tmp_path, store
     mlflow.set_tracking_uri(store)
     loaded = mlflow.pytorch.load_model(f"models:/{model_name}@champion")
     assert isinstance(loaded, torch.nn.Linear)
+
+
+def test_a_pickled_model_registered_by_an_older_ctxemo_is_refused_in_one_line(tmp_path, store, model_name,
+                                                                            monkeypatch):
+    import torch
+
+    from pipelines import predict
+
+    trained_and_evaluated(tmp_path, 0.60)
+    registry.register_and_promote(tmp_path, model_name, 0.005)
+
+    def never(*args, **kwargs):
+        raise AssertionError("nothing of a refused model is unpickled")
+
+    monkeypatch.setattr(torch, "load", never)
+    with pytest.raises(UserError) as refused:
+        predict.load_model(f"models:/{model_name}@champion", tmp_path)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"models:/{model_name}@champion: not a ctxemo pyfunc model")
+    assert "pytorch" in message and "ctxemo promote" in message
 
 
 def test_gate_promotes_a_better_model_and_keeps_the_champion_for_a_worse_one(tmp_path, store, model_name):

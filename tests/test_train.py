@@ -61,8 +61,8 @@ def test_two_worker_ddp_run_trains_exports_and_tracks_in_mlflow(tiny_workspace, 
     assert run.data.metrics["best_val_map"] == pytest.approx(summary["val_map"])
     assert run.data.tags["ctxemo.stage"] == "train"
 
-    # the logged model is loadable and is the exported best checkpoint
-    logged = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model").eval()
+    # the logged model is MLflow's pyfunc model (nothing pickled) and is the exported best checkpoint
+    logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").unwrap_python_model().loaded.package.model
     generator = torch.Generator().manual_seed(0)
     inputs = {"body": torch.randn(2, 3, 32, 32, generator=generator),
               "obj_feats": torch.randn(2, 4, 2048, generator=generator),

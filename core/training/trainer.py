@@ -208,7 +208,7 @@ def _export(result, config: dict[str, Any], paths: Workspace, mlflow_run: dict[s
             summary["mlflow_run_id"] = mlflow_run["run_id"]
             if plan.resumed:
                 _log_epochs_before(history, plan.resumed_epoch)
-            _log_model(exported, staged)
+            _log_model(exported, staged, paths.objects_meta)
             (staged / "mlflow_run.json").write_text(json.dumps({"run_id": mlflow_run["run_id"]}))
         recovery.publish_dir(staged, Path(paths.model_dir))
     report_dir = Path(paths.train_report_dir)  # after the model: a failed export leaves both as they were
@@ -265,19 +265,15 @@ def frozen_backbone_cache(params: Params, paths: Workspace) -> str | None:
     return str(cache["dir"])
 
 
-def _log_model(exported: dict[str, Any], model_dir: Path) -> None:
-    """Best metrics, the checkpoint folder and a loadable `mlflow.pytorch` model, to the active run."""
+def _log_model(exported: dict[str, Any], model_dir: Path, objects_meta: Path) -> None:
+    """Best metrics, the checkpoint folder and the MLflow pyfunc model (core/tracking.py), to the active run."""
     import mlflow
-    import torch
 
-    from models import model_from_checkpoint
+    from core import tracking
 
     state = exported["state"]
-    model = model_from_checkpoint(state["spec"], state["model"]).eval()
     mlflow.log_metrics({f"best_{k}": float(v) for k, v in state["metric"].items()})
     mlflow.log_metric("best_epoch", state["epoch"])
     mlflow.log_artifacts(str(model_dir), artifact_path="checkpoint")
-    # pickle, not pt2: torch.export cannot trace the data-dependent object masking, and the
-    # pickled module loads wherever ctxemo is installed (the MLflow model's requirement).
-    mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
-                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ctxemo"])
+    # weights and spec (model.pt, read weights-only) plus the objects stage's record; no pickled module
+    tracking.log_pyfunc_model(Path(model_dir) / "model.pt", objects_meta)
