@@ -22,6 +22,11 @@ forward returns ModelOutput(logits [B,K], attention = M as [B,h,w] (GSAM's map a
 resolution, input side / 16, values in (0, 1), not normalised; None with GSAM off),
 continuous = None, auxiliary = {"attention_logits": [B,K]} (None with GSAM off)).
 `parts(inputs)` returns every intermediate (λ, the three features, the node features).
+Frozen trunks (models/frozen.py, `train.frozen_backbone` / `tune.frozen_backbone`): the body
+trunk's pooled feature F_B and the context trunk's layer3 map g are computed once and cached;
+after `freeze_backbone()` forward reads them as `body_trunk` and `context_layer3` beside the body
+pixels (BAM) and the patches (LSAM), and runs the frozen layer4 on M · g (GSAM) or on g (GSAM
+off) in eval mode. One cache serves every ablation switch.
 `backbone_parameters()` lists the ResNet trunks' parameters (body trunk; context stem..layer4,
 the perception branch's layer4 included) for the trainer's separate `train.backbone_lr`.
 
@@ -96,6 +101,7 @@ from torch.nn import functional as F
 from models.backbones import build_backbone
 from models.config import ConfigError, ViewConfig, view_spec, view_specs
 from models.dagnet_config import SECTION, DAGNetConfig, DAGNetLossConfig
+from models.frozen import FrozenInput
 from models.output import ModelOutput
 from models.registry import register_model
 
@@ -109,11 +115,14 @@ from models.dagnet_modules import (  # after the filter
     GlobalSpatialAttention,
     LocalSpatialAttention,
     PlainContext,
+    split_resnet,
 )
 
 TASKS = ("multiclass", "multilabel")
 IMAGE_VIEWS = ("body", "image_body_masked")
 ATTENTION_LOGITS = "attention_logits"  # the key of the attention branch's logits in ModelOutput.auxiliary
+BODY_TRUNK = "body_trunk"  # frozen trunks (freeze_backbone): F_B [B,Cb], precomputed
+CONTEXT_LAYER3 = "context_layer3"  # frozen trunks: the context trunk's layer3 map g [B,C3,h,w], precomputed
 
 
 class DAGNetParts(NamedTuple):
@@ -154,11 +163,13 @@ class DAGNet(nn.Module):
         self.config, self.num_classes, self.task = cfg, int(num_classes), task
         self.views = IMAGE_VIEWS + (("patches",) if cfg.lsam.enabled else ())
         self.view_specs = dagnet_view_specs(cfg)
+        # The two trunks first: from a given seed their random initialisation then depends on their own
+        # configs only, so a frozen-trunk cache (models/frozen.py) is shared by every module switch.
         self.body_backbone = build_backbone(cfg.body_backbone, load_weights=load_pretrained,
                                             section=f"{SECTION}.body_backbone")
-        self.bam = BodyAttention(cfg.bam.hidden) if cfg.bam.enabled else None
         context = build_backbone(cfg.context_backbone, load_weights=load_pretrained,
                                  section=f"{SECTION}.context_backbone")
+        self.bam = BodyAttention(cfg.bam.hidden) if cfg.bam.enabled else None
         self.context: GlobalSpatialAttention | PlainContext
         if cfg.gsam.enabled:
             self.context = GlobalSpatialAttention(context, hidden=cfg.gsam.hidden, num_classes=self.num_classes,
@@ -172,24 +183,64 @@ class DAGNet(nn.Module):
         fused = self.body_backbone.out_channels + self.context.out_channels + (self.lsam.out_dim if self.lsam else 0)
         self.classifier = _classifier(fused, cfg.classifier_hidden, float(cfg.dropout), self.num_classes)
         self.log_probabilities = cfg.loss.kind == "kl"
+        self.frozen = False  # see freeze_backbone
+
+    def frozen_inputs(self) -> dict[str, FrozenInput]:
+        """The frozen-backbone protocol (models/frozen.py): the body trunk's pooled feature F_B and the
+        context trunk's layer3 map g. BAM and LSAM read pixels and GSAM's branch is trained, so they
+        are not cached; layer4 runs on M · g every step, frozen. Needs a ResNet context trunk."""
+        if isinstance(self.context, PlainContext):
+            split_resnet(self.context.backbone)  # a clear error now rather than at the first batch
+        return {BODY_TRUNK: FrozenInput("body", self.body_trunk_feature),
+                CONTEXT_LAYER3: FrozenInput("image_body_masked", self.context.layer3)}
+
+    def freeze_backbone(self) -> None:
+        """From now on forward reads `body_trunk` and `context_layer3` instead of running the trunks,
+        which stop training and stay in eval mode; `views` keeps the pixels BAM and LSAM read."""
+        self.frozen = True
+        for parameter in self.backbone_parameters():
+            parameter.requires_grad_(False)
+        self.views = (("body",) if self.bam is not None else ()) + (("patches",) if self.lsam is not None else ())
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "DAGNet":
+        super().train(mode)
+        if self.frozen:
+            for trunk in self._trunks():
+                trunk.eval()
+        return self
+
+    def _trunks(self) -> list[nn.Module]:
+        context = self.context.backbone if isinstance(self.context, PlainContext) else nn.ModuleList(
+            [self.context.extractor, self.context.perception])
+        return [self.body_backbone, context]
+
+    def body_trunk_feature(self, body: torch.Tensor) -> torch.Tensor:
+        """F_B = GAP(body trunk(I_B)) [B,Cb]."""
+        return self.body_backbone(body).mean(dim=(2, 3))
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """The pretrained-able ResNet trunks' parameters: the body trunk and the context trunk."""
-        context = self.context.backbone if isinstance(self.context, PlainContext) else nn.ModuleList(
-            [self.context.extractor, self.context.perception])
-        return [*self.body_backbone.parameters(), *context.parameters()]
+        return [parameter for trunk in self._trunks() for parameter in trunk.parameters()]
 
     def parts(self, inputs: Mapping[str, torch.Tensor]) -> DAGNetParts:
         """Every intermediate of one forward pass."""
-        body, image, patches = _check_inputs(inputs, self.views, self.config.lsam.n)
         dtype = next(self.parameters()).dtype
-        body = body.to(dtype)
-        features = self.body_backbone(body).mean(dim=(2, 3))
-        weight = self.bam(body) if self.bam is not None else features.new_ones(features.shape[0], 1)
+        if self.frozen:
+            body, features, context_map, patches = _check_frozen_inputs(inputs, self)
+            features, context_map = features.to(dtype), context_map.to(dtype)
+        else:
+            body, image, patches = _check_inputs(inputs, self.views, self.config.lsam.n)
+            features = self.body_trunk_feature(body.to(dtype))
+            context_map = self.context.layer3(image.to(dtype)) if isinstance(
+                self.context, GlobalSpatialAttention) else None
+        weight = self.bam(body.to(dtype)) if self.bam is not None else features.new_ones(features.shape[0], 1)
         body_feature = weight * features
         attention = attention_logits = None
         if isinstance(self.context, GlobalSpatialAttention):
-            context_feature, attention, attention_logits = self.context(image.to(dtype))
+            context_feature, attention, attention_logits = self.context.from_layer3(context_map)
+        elif context_map is not None:
+            context_feature = self.context.from_layer3(context_map)
         else:
             context_feature = self.context(image.to(dtype))
         streams = [body_feature, context_feature]
@@ -238,6 +289,42 @@ def _check_inputs(inputs: Mapping[str, torch.Tensor], views: tuple[str, ...], n:
     if len(set(sizes.values())) != 1:
         raise ValueError(f"dagnet: the input views have different batch sizes {sizes}")
     return body, image, patches
+
+
+def _check_frozen_inputs(inputs: Mapping[str, torch.Tensor], model: DAGNet
+                         ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(body pixels or None, F_B [B,Cb], g [B,C3,h,w], patches or None) of a frozen model's inputs."""
+    if not isinstance(inputs, Mapping):
+        raise TypeError(f"dagnet reads a mapping of inputs, got {type(inputs).__name__}")
+    needed = (BODY_TRUNK, CONTEXT_LAYER3, *model.views)
+    missing = [name for name in needed if name not in inputs]
+    if missing:
+        raise ValueError(f"dagnet with frozen trunks reads {list(needed)}; missing {missing} (got {sorted(inputs)})")
+    features, context_map = inputs[BODY_TRUNK], inputs[CONTEXT_LAYER3]
+    channels = model.body_backbone.out_channels
+    if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.shape[1] != channels:
+        raise ValueError(f"dagnet: {BODY_TRUNK!r} must be the body trunk's pooled feature [B,{channels}], "
+                         f"got {_shape(features)}")
+    if not isinstance(context_map, torch.Tensor) or context_map.dim() != 4:
+        raise ValueError(f"dagnet: {CONTEXT_LAYER3!r} must be the context trunk's layer3 map [B,C,h,w], "
+                         f"got {_shape(context_map)}")
+    sizes = {BODY_TRUNK: features.shape[0], CONTEXT_LAYER3: context_map.shape[0]}
+    body = patches = None
+    if "body" in model.views:
+        body = inputs["body"]
+        if not isinstance(body, torch.Tensor) or body.dim() != 4 or body.shape[1] != 3:
+            raise ValueError(f"dagnet: input 'body' must be [B,3,H,W], got {_shape(body)}")
+        sizes["body"] = body.shape[0]
+    if "patches" in model.views:
+        patches = inputs["patches"]
+        n = model.config.lsam.n
+        if not isinstance(patches, torch.Tensor) or patches.dim() != 5 or patches.shape[1:3] != (n * n, 3):
+            raise ValueError(f"dagnet: input 'patches' must be [B,{n * n},3,s,s] (N = lsam.n = {n}), "
+                             f"got {_shape(patches)}")
+        sizes["patches"] = patches.shape[0]
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"dagnet: the inputs have different batch sizes {sizes}")
+    return body, features, context_map, patches
 
 
 def kl_divergence(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

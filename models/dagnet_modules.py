@@ -38,7 +38,8 @@ def split_resnet(backbone: Backbone) -> tuple[nn.Sequential, nn.Module, int]:
     """(stem..layer3, layer4, layer3's channels) of a ResNet trunk from models.backbones."""
     trunk = backbone.trunk
     if not isinstance(trunk, nn.Sequential) or len(trunk) != 8:
-        raise ValueError(f"GSAM needs a ResNet trunk (conv1, bn1, relu, maxpool, layer1..layer4), got {backbone.name}")
+        raise ValueError(f"GSAM and the frozen context trunk need a ResNet trunk (conv1, bn1, relu, maxpool, "
+                         f"layer1..layer4), got {backbone.name}")
     layer4 = trunk[7]
     return nn.Sequential(*list(trunk)[:7]), layer4, int(layer4[0].conv1.in_channels)
 
@@ -79,8 +80,15 @@ class GlobalSpatialAttention(nn.Module):
         self.residual = bool(residual)
         self.out_channels = backbone.out_channels
 
+    def layer3(self, image: torch.Tensor) -> torch.Tensor:
+        """g: the trunk's stem..layer3 map [B,C3,h,w] (what a frozen trunk lets be cached)."""
+        return self.extractor(image)
+
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        features = self.extractor(image)
+        return self.from_layer3(self.extractor(image))
+
+    def from_layer3(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """forward from g = layer3(image)."""
         attention, logits = self.branch(features)
         weights = 1.0 + attention if self.residual else attention
         feature = self.perception(weights * features).mean(dim=(2, 3))
@@ -97,6 +105,16 @@ class PlainContext(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.backbone(image).mean(dim=(2, 3))
+
+    def layer3(self, image: torch.Tensor) -> torch.Tensor:
+        """The trunk's stem..layer3 map, as GSAM's: one cache serves the model with and without GSAM."""
+        extractor, _, _ = split_resnet(self.backbone)
+        return extractor(image)
+
+    def from_layer3(self, features: torch.Tensor) -> torch.Tensor:
+        """forward from the layer3 map: GAP(layer4(g))."""
+        _, layer4, _ = split_resnet(self.backbone)
+        return layer4(features).mean(dim=(2, 3))
 
 
 class PatchEncoder(nn.Module):

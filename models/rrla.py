@@ -29,8 +29,8 @@ person view, and the `objects` view as obj_feats [B,N,2048], obj_boxes [B,N,4], 
 and person_box [B,4]. The person view is `model.rrla.person_view`: `auto` reads the face on
 single-label data (CAER-S: the paper's input there is the face) and the body crop otherwise.
 
-Precomputed body maps (the sweep's frozen-backbone fast path): after
-`set_body_input("feature_map")` the person view's tensor is the backbone's output map
+Precomputed body maps (the frozen-backbone fast path, models/frozen.py): after
+`freeze_backbone()` (or `set_body_input("feature_map")`) the person view's tensor is the backbone's output map
 [B,C,h,w] (computed once and cached) instead of the crop, and the backbone is skipped; BPA,
 GAP, the projection and everything after it run as usual. The mode is not part of the
 state_dict: a checkpoint trained this way loads into a model that reads crops.
@@ -49,6 +49,7 @@ from models.boa import OBJECT_FEATURE_DIM, BodyObjectAttention, EqualObjectPooli
 from models.bpa import BodyPartAttention
 from models.config import ConfigError, RRLAConfig, view_specs
 from models.eld import EmotionLabelDependency
+from models.frozen import FrozenInput
 from models.output import ModelOutput
 from models.registry import register_model
 
@@ -180,6 +181,19 @@ class RelationalRegionLevelNet(nn.Module):
         if kind not in BODY_INPUTS:
             raise ValueError(f"body input must be one of {BODY_INPUTS}, got {kind!r}")
         self.body_input = kind
+
+    def frozen_inputs(self) -> dict[str, FrozenInput]:
+        """The frozen-backbone protocol (models/frozen.py): the backbone's map replaces the person view."""
+        return {self.person_view: FrozenInput(self.person_view, self.backbone)}
+
+    @property
+    def frozen(self) -> bool:
+        return self.body_input == "feature_map"
+
+    def freeze_backbone(self) -> None:
+        """Read the person view as the backbone's map from now on; the backbone is not trained."""
+        self.set_body_input("feature_map")
+        self.backbone.requires_grad_(False)
 
     def body_feature(self, body: torch.Tensor) -> torch.Tensor:
         """B_A: [B,3,S,S] -> [B,2048]."""

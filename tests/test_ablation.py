@@ -198,4 +198,4 @@ def test_frozen_backbone_ablations_keep_their_own_runs_and_report(tiny_workspace
     # the trained-backbone report and runs are untouched
     assert not (tmp_path / "reports/ablations.md").exists() and not (tmp_path / "abl/full").exists()
     # the variants shared one set of cached maps (same seed, same backbone)
-    assert len(list((tiny_workspace.root / "data/cache/body").glob("*/train.npy"))) == 1
+    assert len(list((tiny_workspace.root / "data/cache/body").glob("*/train.body.npy"))) == 1

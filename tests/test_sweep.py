@@ -159,8 +159,8 @@ def test_two_builders_of_the_same_cache_at_once_both_finish_with_the_same_maps(t
         summaries = [f.result() for f in futures]
     assert summaries[0]["dir"] == summaries[1]["dir"]
     folder = Path(summaries[0]["dir"])
-    assert sorted(p.name for p in folder.iterdir()) == ["fingerprint.json", "train.json", "train.npy",
-                                                         "val.json", "val.npy"]  # no partial file left
+    assert sorted(p.name for p in folder.iterdir()) == ["fingerprint.json", "train.body.npy", "train.json",
+                                                         "val.body.npy", "val.json"]  # no partial file left
     again = body_cache.run(tiny_workspace.params, paths, cache_root=tmp_path / "cache", dtype="float32",
                            log=lambda _: None)
     assert again["built"] == [] and again["reused"] == ["train", "val"]
@@ -176,8 +176,8 @@ def test_cached_body_maps_equal_the_trial_models_backbone_on_the_crop(tiny_works
     params = tiny_workspace.params
     paths = tiny_workspace.train_paths("cache").resolved()
     summary = body_cache.run(params, paths, cache_root=tmp_path / "cache", dtype="float32", log=lambda _: None)
-    assert summary["built"] == ["train", "val"]
-    cached = np.load(Path(summary["dir"]) / "val.npy", mmap_mode="r")
+    assert summary["built"] == ["train", "val"] and summary["keys"] == ["body"] and summary["decoded"] == []
+    cached = np.load(Path(summary["dir"]) / "val.body.npy", mmap_mode="r")
     manifest = read_manifest("val", paths.manifest_dir)
     assert cached.shape == (len(manifest), 512, 1, 1)  # resnet18 at 32 px: [C=512, 1, 1]
 
@@ -231,7 +231,7 @@ def test_cached_body_maps_equal_the_trial_models_backbone_on_the_crop(tiny_works
 
     # the default float16 store holds the same maps to half precision
     half = body_cache.run(params, paths, cache_root=tmp_path / "cache", splits=("val",), log=lambda _: None)
-    np.testing.assert_allclose(np.load(Path(half["dir"]) / "val.npy")[row].astype(np.float32), direct,
+    np.testing.assert_allclose(np.load(Path(half["dir"]) / "val.body.npy")[row].astype(np.float32), direct,
                                rtol=2e-3, atol=2e-3)
 
 
@@ -380,8 +380,8 @@ def test_the_paper_column_reads_configs_paper_emotic_yaml(tmp_path):
 
 
 def test_a_sweep_trains_whichever_model_params_name(tiny_workspace, ray_local, tmp_path):
-    """model.name dagnet: the trials search DAG-Net's partition N with its own lr (model.dagnet.train.lr);
-    with no frozen-backbone path the sweep trains the whole network and says so."""
+    """model.name dagnet: the trials search DAG-Net's partition N with its own lr (model.dagnet.train.lr)
+    on its frozen trunks' cached outputs, one cache for every N."""
     data = copy.deepcopy(tiny_workspace.params_dict)
     data["model"]["name"] = "dagnet"
     space = {"model.dagnet.lsam.n": {"choice": [1, 2]}, "model.dagnet.train.lr": {"loguniform": [1e-4, 1e-3]}}
@@ -390,7 +390,8 @@ def test_a_sweep_trains_whichever_model_params_name(tiny_workspace, ray_local, t
     logged: list[str] = []
     result = sweep.run(data, tiny_workspace.train_paths("sweep-dagnet"), report_dir=tmp_path / "reports",
                        cache_root=tmp_path / "cache", log=logged.append, track=False)
-    assert any("'dagnet' has no frozen-backbone path" in line for line in logged)
+    assert any("[sweep] body cache" in line and "still decoded per step: ['body', 'patches']" in line
+               for line in logged)
     rows = result["rows"]
     assert len(rows) == 2 and all(r["status"] == "completed" and 0.0 <= r["best_val_metric"] <= 1.0 for r in rows)
     assert {r["model.dagnet.lsam.n"] for r in rows} <= {1, 2}
@@ -399,7 +400,8 @@ def test_a_sweep_trains_whichever_model_params_name(tiny_workspace, ray_local, t
     assert set(_flatten(best)) == set(space)
     adopted = params_from_dict(apply_overrides(data, _flatten(best))).for_model()
     assert adopted.model.dagnet.lsam.n in (1, 2) and adopted.train.lr == best["model"]["dagnet"]["train"]["lr"]
-    assert json.loads((tmp_path / "reports" / "sweep.json").read_text())["frozen_backbone"] is False
+    assert json.loads((tmp_path / "reports" / "sweep.json").read_text())["frozen_backbone"] is True
+    assert len(list((tmp_path / "cache").glob("*/train.body_trunk.npy"))) == 1
 
 
 def test_the_cli_sweeps_the_model_it_is_given_and_refuses_an_unknown_one(tmp_path, repo_params_dict):

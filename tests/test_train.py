@@ -163,19 +163,19 @@ def test_frozen_backbone_trains_on_cached_maps_and_the_exported_model_agrees_on_
     paths = tiny_workspace.train_paths("frozen")
     summary = trainer.run(params, paths, track=False)
 
-    caches = [p.parent for p in Path(paths.body_cache_root).glob("*/train.npy")]
+    caches = [p.parent for p in Path(paths.body_cache_root).glob("*/train.body.npy")]
     assert len(caches) == 1
     fingerprint = json.loads((caches[0] / "fingerprint.json").read_text())
-    assert fingerprint["format"] == body_cache.FORMAT_VERSION == 2
-    assert fingerprint["view"]["name"] == "body" == body_cache.cached_view(params)[0]
-    assert fingerprint["view"]["size"] == params.model.rrla.views["body"].size == 32
+    assert fingerprint["format"] == body_cache.FORMAT_VERSION == 3
+    assert list(fingerprint["views"]) == ["body"] == list(body_cache.cached_views(params))
+    assert fingerprint["views"]["body"]["size"] == params.model.rrla.views["body"].size == 32
     for split in ("train", "val"):
-        maps = np.load(caches[0] / f"{split}.npy", mmap_mode="r")
+        maps = np.load(caches[0] / f"{split}.body.npy", mmap_mode="r")
         assert maps.dtype == np.float32 and maps.shape[1] == 512  # resnet18's C5 channels
 
     # the backbone left training exactly as the seeded initialisation built it; the rest trained
     state = torch.load(Path(paths.model_dir) / "model.pt", weights_only=False)["state_dict"]
-    initial = body_cache.frozen_backbone(params).state_dict()
+    initial = body_cache.frozen_model(params, paths.resolved(), 26).backbone.state_dict()
     for name, tensor in initial.items():
         assert torch.equal(state[f"backbone.{name}"], tensor), name
     from models import build_model

@@ -15,9 +15,10 @@ Face boxes come from the detect stage (`face_boxes`, one entry per manifest row,
 face was found); a person without one gets views.face_fallback, counted in `face_fallbacks`
 (the trainer and the evaluation report the count: it is never silent).
 
-`cached` maps a view to a [S,C,h,w] .npy (core/training/body_cache.py, row i = manifest row i):
-that view's item is then the precomputed backbone map and the image is not opened for it (the
-frozen-backbone fast path).
+`cached` maps an item key to a .npy with one row per manifest row (core/training/body_cache.py,
+the frozen-backbone fast path, models/frozen.py): the item under that key is the row, memory-
+mapped. A key that names a pixel view replaces that view's pixels (the image is not opened for
+it); any other key is an input of its own beside the pixel views.
 """
 from __future__ import annotations
 
@@ -36,7 +37,10 @@ from core.data import views as V
 from core.data.object_store import ObjectStore
 from core.errors import UserError
 from models.config import NORMALISATIONS, ViewSpec
+from models.frozen import frozen_keys
 
+# Item keys the loader fills itself: a cache may not claim them.
+RESERVED_KEYS = ("obj_feats", "obj_boxes", "obj_mask", "person_box", "target", "index", "vad", "has_vad")
 IMAGENET_MEAN = np.array(NORMALISATIONS["imagenet"][0], dtype=np.float32)
 IMAGENET_STD = np.array(NORMALISATIONS["imagenet"][1], dtype=np.float32)
 OBJECT_KEYS = ("obj_feats", "obj_boxes", "obj_mask", "person_box")
@@ -137,8 +141,8 @@ class PersonDataset(Dataset):
         self.cached = {name: Path(path) for name, path in (cached or {}).items()}
         self._cache_arrays: dict[str, np.ndarray] = {}
         for name in self.cached:
-            if name not in self.pixel_views:
-                raise UserError(f"a cache for view {name!r}, which this model does not read")
+            if name in RESERVED_KEYS or name == "objects":
+                raise UserError(f"a cache under {name!r}, a key the loader fills itself")
             rows = len(self._cache(name))
             if rows != len(self.sample_ids):
                 raise UserError(f"{self.cached[name]}: {rows} cached maps for {len(self.sample_ids)} manifest "
@@ -176,9 +180,8 @@ class PersonDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         item: dict[str, torch.Tensor] = {}
         to_decode = [name for name in self.pixel_views if name not in self.cached]
-        for name in self.pixel_views:
-            if name in self.cached:
-                item[name] = torch.from_numpy(np.array(self._cache(name)[index], dtype=np.float32))
+        for name in self.cached:
+            item[name] = torch.from_numpy(np.array(self._cache(name)[index], dtype=np.float32))
         if to_decode:
             rgb = np.asarray(open_rgb(self.data_root / self.image_paths[index]))
             people = () if self.people_boxes is None else self.people_boxes[index]
@@ -214,6 +217,8 @@ def input_keys(views: Sequence[str]) -> tuple[str, ...]:
 
 
 def model_inputs(model, batch: Mapping[str, torch.Tensor], device: torch.device | str = "cpu") -> dict:
-    """The mapping a registered model's forward takes: its views' tensors, moved to `device`."""
+    """The mapping a registered model's forward takes: its views' tensors (and, with its trunks
+    frozen, the cached tensors it reads instead of running them), moved to `device`."""
     inner = model.module if hasattr(model, "module") else model
-    return {key: batch[key].to(device, non_blocking=True) for key in input_keys(inner.views)}
+    keys = input_keys(inner.views) + frozen_keys(inner)
+    return {key: batch[key].to(device, non_blocking=True) for key in keys}

@@ -33,9 +33,10 @@ PRIMARY = {"multilabel": "val_map", "multiclass": "val_accuracy"}
 def _datasets(model, params: Params, paths: Workspace, body_cache: str | None = None):
     """Train and val datasets holding exactly the inputs `model` reads."""
     from core.data.person_inputs import split_dataset
+    from core.training.body_cache import split_files
 
     def make(split: str):
-        cached = None if body_cache is None else {model.person_view: Path(body_cache) / f"{split}.npy"}
+        cached = None if body_cache is None else split_files(body_cache, split, model.frozen_inputs())
         return split_dataset(model, split, paths, kind=params.data.kind, cached=cached)
 
     return make("train"), make("val")
@@ -108,9 +109,9 @@ class EpochLoop:
 
     `config["params"]` are the params of the model being trained (`Params.for_model()`: its
     family's train overrides applied). `config["body_cache"]` (optional, models with
-    `set_body_input`: rrla): a folder of precomputed backbone maps (core/training/body_cache.py,
-    `<split>.npy`). The loaders then yield those maps instead of crops, the model skips its
-    backbone and the backbone is frozen (not optimised).
+    the frozen-backbone protocol, models/frozen.py: rrla, dagnet): a folder of what their frozen
+    trunks compute (core/training/body_cache.py, `<split>.<key>.npy`). The loaders then yield those
+    tensors, the model skips its trunks and they are frozen (not optimised, eval mode).
     """
 
     def __init__(self, config: dict[str, Any], *, rank: int = 0, world: int = 1, device: Any = "cpu",
@@ -141,10 +142,13 @@ class EpochLoop:
             model.set_object_feature_stats(*config["object_feature_stats"])
         body_cache = config.get("body_cache")
         if body_cache:
-            if not hasattr(model, "set_body_input"):
-                raise UserError(f"train.frozen_backbone: {params.model.name} has no frozen-backbone path (rrla has)")
-            model.set_body_input("feature_map")
-            model.backbone.requires_grad_(False)  # before _optimizer: it only takes trainable tensors
+            from core.training.body_cache import FROZEN_BACKBONE_MODELS
+            from models.frozen import has_frozen_path
+
+            if not has_frozen_path(model):
+                raise UserError(f"train.frozen_backbone: {params.model.name} has no frozen-backbone path "
+                                f"({', '.join(FROZEN_BACKBONE_MODELS)} have)")
+            model.freeze_backbone()  # before _optimizer: it only takes trainable tensors
 
         train_set, self.val_set = _datasets(model, params, paths, body_cache=body_cache)
         self.face_fallbacks = {"train": train_set.face_fallbacks, "val": self.val_set.face_fallbacks}
@@ -295,8 +299,10 @@ def recompute_batchnorm_statistics(model, loader, device) -> int:
 
     from core.data.dataset import model_inputs
 
+    # Frozen trunks (models/frozen.py) keep their statistics: they run in eval mode, or not at all.
     norms = [m for m in model.modules()
-             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+             and not (m.affine and not m.weight.requires_grad)]
     if not norms:
         return 0
     momenta = [m.momentum for m in norms]

@@ -33,11 +33,13 @@ results go to the Ray storage (S3 when CTXEMO_S3_BUCKET is set, core/storage.py)
 data/ folder (manifest, objects, the body cache) must be on storage every node sees, as for
 training.
 
-Frozen-backbone fast path (`tune.frozen_backbone: true`): the backbone maps of all crops are
-computed once (core/training/body_cache.py, data/cache/body/<fingerprint>/) and trials train
-BPA, BOA, ELD and the classifier on them. N needs no re-extraction either way: the model reads
-a prefix of the stored top-N objects (model.rrla.boa.max_objects), so the space may offer any N up
-to objects.top_n. Paths that would change the cached maps (model.rrla.backbone.*, seed, data.*)
+Frozen-backbone fast path (`tune.frozen_backbone: true`, rrla and dagnet): what the frozen trunks
+compute from every person is computed once (core/training/body_cache.py, data/cache/body/
+<fingerprint>/) and trials train the rest on it: the flagship's BPA, BOA, ELD and classifier;
+DAG-Net's BAM, GSAM's branch, LSAM (any N: the patches are decoded per step) and the classifier.
+N needs no re-extraction either way: the flagship reads a prefix of the stored top-N objects
+(model.rrla.boa.max_objects), so the space may offer any N up to objects.top_n. Paths that would
+change the cached tensors (the trunks, the views they read, seed, data.*; body_cache.cache_paths)
 or the stored objects (objects.*) are refused in the space.
 
 Fault tolerance is tested from outside through the fault points `sweep.trial_epoch` (in a

@@ -125,13 +125,14 @@ def _new_state(params_dict: dict[str, Any], paths: Workspace, *, samples: int | 
     cache = None
     if tune_cfg.frozen_backbone and not body_cache.has_frozen_path(params):
         log(f"[sweep] tune.frozen_backbone: model {params.model.name!r} has no frozen-backbone path (only "
-            f"{', '.join(body_cache.FROZEN_BACKBONE_MODELS)} has): its trials train the whole network")
+            f"{', '.join(body_cache.FROZEN_BACKBONE_MODELS)} have): its trials train the whole network")
     elif tune_cfg.frozen_backbone:
         cache = body_cache.run(params, paths, cache_root=cache_root, log=log)
         log(f"[sweep] body cache {cache['dir']} (built {cache['built'] or 'nothing'}, "
-            f"reused {cache['reused'] or 'nothing'})")
-        # The cached maps need no decoding: loader processes would only add start-up time.
-        trial_overrides["train.loader_workers"] = 0
+            f"reused {cache['reused'] or 'nothing'}; still decoded per step: {cache['decoded'] or 'nothing'})")
+        if not cache["decoded"]:
+            # Nothing left to decode: loader processes would only add start-up time.
+            trial_overrides["train.loader_workers"] = 0
 
     name = ray_run_name("sweep")
     persons = {split: len(read_manifest(split, paths.manifest_dir)) for split in ("train", "val")}

@@ -5,8 +5,8 @@
 each (choice, uniform, loguniform, randint), never a repeated default: the defaults stay in
 their own sections. A path must be a field of the typed params; paths a trial cannot change
 are refused here, before anything runs: the objects stage and the tune section are not rerun
-per trial, and with `tune.frozen_backbone` the cached body maps fix the backbone, the data
-and the seed. `nested` turns sampled dotted values back into params.yaml's shape.
+per trial, and with `tune.frozen_backbone` the cached trunk outputs fix the trunks, the views
+they read, the data and the seed. `nested` turns sampled dotted values back into params.yaml's shape.
 """
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ from ray import tune
 
 from core.errors import UserError
 from core.params import Params
+from core.training import body_cache
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
-# Never searchable: they would change the stored objects, or the cached body maps.
+# Never searchable: they would change the stored objects. With tune.frozen_backbone, what changes
+# the cached trunk outputs is refused too (core/training/body_cache.py `cache_paths`, per family).
 FIXED_PREFIXES = ("objects.", "tune.")
-CACHE_PATHS = ("model.rrla.backbone.", "model.rrla.views.", "model.rrla.person_view", "data.", "seed")   # prefixes; seed: random init of the backbone
 
 
 def field_at(params: Params, dotted: str) -> Any:
@@ -91,7 +92,7 @@ def build_space(params: Params) -> dict[str, Any]:
         if dotted.startswith(FIXED_PREFIXES):
             raise UserError(f"tune.space: {dotted!r} cannot be searched by a sweep (the objects stage and the "
                             "tune section are not rerun per trial); search N with model.rrla.boa.max_objects")
-        if params.tune.frozen_backbone and dotted.startswith(CACHE_PATHS):
+        if params.tune.frozen_backbone and dotted.startswith(body_cache.cache_paths(params)):
             raise UserError(f"tune.space: {dotted!r} changes the cached body maps; it cannot be searched with "
                             "tune.frozen_backbone: true")
         field_at(params, dotted)
