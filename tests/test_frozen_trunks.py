@@ -217,3 +217,21 @@ def test_families_without_the_protocol_are_refused_by_name(tiny_workspace, tmp_p
     assert not body_cache.has_frozen_path(params)
     with pytest.raises(UserError, match=r"model 'sibnet' has no frozen-backbone path; rrla, dagnet have"):
         body_cache.run(params, tiny_workspace.train_paths("sib").resolved(), cache_root=tmp_path, log=lambda _: None)
+
+
+def test_precise_batchnorm_recomputes_the_trained_modules_statistics_and_leaves_the_frozen_trunks_alone():
+    from core.training.loop import recompute_batchnorm_statistics
+
+    model = make_model()
+    pixels = make_inputs(model)
+    cached = cached_inputs(model.eval(), pixels)
+    model.freeze_backbone()
+    trunks_before = trunk_state(model)
+    branch_before = model.context.branch.block[1].running_mean.clone()
+    batch = {**cached, "body": pixels["body"], "patches": pixels["patches"]}
+    updated = recompute_batchnorm_statistics(model, [batch], "cpu")
+    trained_norms = [m for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)
+                     and name.startswith(("context.branch.", "lsam."))]
+    assert updated == len(trained_norms) > 0
+    assert all(torch.equal(value, trunk_state(model)[name]) for name, value in trunks_before.items())
+    assert not torch.equal(model.context.branch.block[1].running_mean, branch_before)
