@@ -206,8 +206,8 @@ def _extract_split(model, dataset, out_files: dict[str, Path], dtype: str, batch
     # A name of its own per builder: two processes (an ablation and a sweep, two sweeps) may
     # build the same fingerprint at once; each writes its own files and the last rename wins
     # (the contents are identical: the same seeded trunks on the same crops).
-    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    partial = {key: path.with_name(f"{path.name}.{token}.partial.npy") for key, path in out_files.items()}
+    suffix = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    partial = {key: path.with_name(f"{path.name}.{suffix}.partial.npy") for key, path in out_files.items()}
     arrays: dict[str, np.ndarray] = {}
     row = 0
     with torch.no_grad():
