@@ -189,3 +189,27 @@ def test_scheduling_settings_are_not_dvc_params_and_every_other_key_is():
             for key in params[section]:
                 dotted = f"{section}.{key}"
                 assert (dotted in SCHEDULING_KEYS) != (dotted in tracked), (stage, dotted)
+
+
+def test_a_raw_data_set_can_be_dvc_added_and_only_its_dvc_file_is_tracked(tmp_path):
+    """infra/README.md's `dvc add data/raw/<name>`: git must see the .dvc file, and nothing else under data/."""
+    shutil.copy(REPO / ".gitignore", tmp_path / ".gitignore")
+
+    def run(*command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+
+    assert run("git", "init", "-q").returncode == 0
+    assert run(sys.executable, "-m", "dvc", "init", "-q").returncode == 0
+    (tmp_path / "data/raw/emotic").mkdir(parents=True)
+    (tmp_path / "data/raw/emotic/a.jpg").write_bytes(b"not really a jpeg")
+    added = run(sys.executable, "-m", "dvc", "add", "data/raw/emotic")
+    assert added.returncode == 0, added.stderr
+    ignored = {path: run("git", "check-ignore", "-q", path).returncode == 0 for path in (
+        "data/raw/emotic.dvc", "data/raw/.gitignore", "data/raw/emotic/a.jpg", "data/raw/demo/images/synth_00000.jpg",
+        "data/manifest/train.parquet", "data/objects/train/features.npy", "data/cache/body/x/train.body.npy")}
+    assert ignored == {"data/raw/emotic.dvc": False, "data/raw/.gitignore": False, "data/raw/emotic/a.jpg": True,
+                       "data/raw/demo/images/synth_00000.jpg": True, "data/manifest/train.parquet": True,
+                       "data/objects/train/features.npy": True, "data/cache/body/x/train.body.npy": True}
+    # the repository's .gitignore already keeps the data out, so DVC has no .gitignore of its own to add
+    untracked = run("git", "status", "--porcelain", "--untracked-files=all", "data").stdout.split()
+    assert untracked == ["??", "data/raw/emotic.dvc"]
