@@ -41,7 +41,7 @@ DEFAULT_PARAMS = DEFAULT_WORKSPACE.params_file
 SCHEDULING_KEYS = frozenset({
     "detect.batch_size", "detect.ray_min_images",
     "objects.batch_size", "objects.num_actors", "objects.shard_size",
-    "train.num_workers", "train.use_gpu", "train.loader_workers", "train.max_failures",
+    "train.num_workers", "train.use_gpu", "train.loader_workers", "train.max_failures", "train.cpus_per_worker",
 })
 
 # The choices of string settings. The modules that act on them hold their own lists (they import
@@ -125,6 +125,9 @@ class TrainConfig:
     num_workers: int = at_least(1)
     use_gpu: str | bool = one_of("auto", True, False)
     loader_workers: int = at_least(0)  # 0: batches loaded in the worker's own process
+    # CPUs Ray reserves per training worker, its loader processes included (an autoscaler scales on
+    # it); null: Ray's default of 1, and each worker's torch threads = its node's CPUs / workers there
+    cpus_per_worker: int | None = at_least(1)
     max_failures: int = at_least(MIN_MAX_FAILURES)
     frozen_backbone: bool  # backbone maps computed once (core/training/body_cache.py); only what follows trains
     precise_bn: bool  # re-estimate BatchNorm statistics on the training split after every epoch (loop.py)

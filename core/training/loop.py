@@ -246,8 +246,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    loop = EpochLoop(config, rank=rank, world=world, device=ray.train.torch.get_device(),
-                     wrap_model=ray.train.torch.prepare_model)
+    device = ray.train.torch.get_device()
+    if device.type == "cpu" and not config.get("torch_threads"):
+        config = {**config, "torch_threads": worker_threads(_node_cpus(), context.get_local_world_size())}
+    loop = EpochLoop(config, rank=rank, world=world, device=device, wrap_model=ray.train.torch.prepare_model)
     resume = ray.train.get_checkpoint()
     if resume is not None:
         with resume.as_directory() as ckpt_dir:
@@ -273,6 +275,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report({**record, "best": loop.best}, checkpoint=checkpoint)
         # after the epoch's checkpoint is reported: a worker lost here resumes from this epoch
         fault_point("train.after_epoch", epoch=epoch, rank=rank)
+
+
+def worker_threads(node_cpus: float, workers_on_node: int) -> int:
+    """torch threads of a CPU worker without a CPU reservation: its node's CPUs shared by the workers
+    that node runs (never the whole cluster's: that oversubscribes a node)."""
+    return max(1, int(node_cpus) // max(1, workers_on_node))
+
+
+def _node_cpus() -> float:
+    """The CPUs Ray counts on the node this process runs on."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    node = next((n for n in ray.nodes() if n.get("NodeID") == node_id), None)
+    return float((node or {}).get("Resources", {}).get("CPU", 1))
 
 
 def _epoch_progress(loop: EpochLoop, epoch: int, epochs: int):

@@ -64,7 +64,7 @@ def fit(params: Params, paths: Workspace, *, mlflow_run: dict[str, str] | None =
     given): the Ray run name, a killed run's when it is resumed.
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from core.ray_utils import init_ray
@@ -76,14 +76,13 @@ def fit(params: Params, paths: Workspace, *, mlflow_run: dict[str, str] | None =
         config["body_cache"] = str(Path(body_cache).resolve())
     init_ray(include_dashboard=True)
     use_gpu = resolve_use_gpu(params.train.use_gpu)
-    if not use_gpu:
-        # Share the CPUs between the Ray workers instead of each spawning one thread per core.
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        config["torch_threads"] = max(1, cpus // max(params.train.num_workers, 1))
+    # With train.cpus_per_worker the worker's threads are its reservation; without, each worker
+    # takes its node's share (core/training/loop.py worker_threads) instead of one thread per core.
+    config["torch_threads"] = params.train.cpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=params.train.num_workers, use_gpu=use_gpu),
+        scaling_config=scaling_config(params, use_gpu),
         run_config=RunConfig(
             name=plan.name,
             # Local `.ray_results` by default; s3://BUCKET/PREFIX/ray when CTXEMO_S3_BUCKET is set,
@@ -104,6 +103,16 @@ def fit(params: Params, paths: Workspace, *, mlflow_run: dict[str, str] | None =
     recovery.write_marker(plan, "failed" if result.error is not None else recovery.TRAINING_DONE,
                           mlflow_run_id=run_id, log=_log)
     return result, config
+
+
+def scaling_config(params: Params, use_gpu: bool):
+    """Ray Train's ScalingConfig: `train.num_workers` workers, each reserving `train.cpus_per_worker`
+    CPUs (and a GPU) when it is set, Ray's default of 1 CPU otherwise."""
+    from ray.train import ScalingConfig
+
+    cpus = params.train.cpus_per_worker
+    resources = None if cpus is None else {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
+    return ScalingConfig(num_workers=params.train.num_workers, use_gpu=use_gpu, resources_per_worker=resources)
 
 
 def _log(line: str) -> None:
