@@ -73,3 +73,21 @@ def test_a_models_own_train_section_is_checked_too(repo_params_dict):
     with pytest.raises(ConfigError, match=r"model\.caernet\.train.*increasing fractions"):
         params_from_dict(data).for_model("caernet")
     assert dataclasses.is_dataclass(params_from_dict(repo_params_dict).train)
+
+
+@pytest.mark.parametrize("optimizer, tolerance", [("sgd", 1e-7), ("adam", 1e-6), ("adamw", 1e-6)])
+def test_the_fused_optimiser_makes_the_update_the_per_tensor_one_makes(repo_params_dict, optimizer, tolerance):
+    model, params = _caernet_and_params(repo_params_dict, optimizer=optimizer, lr=0.01, weight_decay=5e-4)
+    fused = _optimizer(model, params)
+    assert all(group["fused"] for group in fused.param_groups)
+    twin = [torch.nn.Parameter(p.detach().clone()) for p in model.parameters()]
+    reference = type(fused)(twin, lr=0.01, weight_decay=5e-4, **({"momentum": 0.9} if optimizer == "sgd" else {}))
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for p, q in zip(model.parameters(), twin):
+            p.grad = torch.randn(p.shape, generator=generator)
+            q.grad = p.grad.clone()
+        fused.step()
+        reference.step()
+    worst = max((p - q).abs().max().item() for p, q in zip(model.parameters(), twin))
+    assert worst <= tolerance

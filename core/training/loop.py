@@ -358,12 +358,15 @@ def _optimizer(model, params: Params):
         groups = [group for group in groups if group["params"]]
     for group in groups:
         group["base_lr"] = group["lr"]
+    # One fused kernel per step instead of a loop over tensors with weight-decay temporaries: the same
+    # update to float rounding (tests/test_optimizer_schedule.py), measured 1.13x faster per demo step (#20).
+    fused = bool(trainable) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in trainable)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     raise UserError(f"train.optimizer must be 'sgd', 'adam' or 'adamw', not {cfg.optimizer!r}")
 
 
