@@ -340,6 +340,9 @@ class BOAConfig:
     max_objects: int | None = at_least(0)  # read only the first N stored objects (None = all)
     # width of the sin/cos box embedding E(g) (Relation Networks: 64): 8 features per frequency
     geometry_dim: int = at_least(8, step=8)
+    # per-head value projection d_v (models/boa.py): each head's O_B^k projected 2048 -> d_v before W3
+    # (h*d_v -> 2048), as Relation Networks do; null: eq. 5 as written, W3 over the h raw 2048-d O_B^k
+    value_dim: int | None = at_least(1)
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,8 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
 # the network those older checkpoints hold (what the code did before the key existed). Only a
 # checkpoint's own spec is completed this way; params.yaml must name every key.
 KEYS_ADDED_LATER: dict[str, dict[str, Any]] = {
-    "rrla": {"standardise_objects": True, "eld.propagation": "as_written", "eld.activation": "between_layers"},
+    "rrla": {"standardise_objects": True, "eld.propagation": "as_written", "eld.activation": "between_layers",
+             "boa.value_dim": None},
 }
 
 

@@ -106,6 +106,7 @@ class RelationalRegionLevelNet(nn.Module):
                 dim=cfg.boa.dim,
                 geometry=cfg.boa.geometry,
                 geometry_dim=cfg.boa.geometry_dim,
+                value_dim=cfg.boa.value_dim,
             )
         else:
             self.boa = EqualObjectPooling()

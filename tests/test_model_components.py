@@ -157,6 +157,23 @@ def test_output_projection_sizes_and_head_concatenation():
     assert torch.allclose(context[0], boa.output_proj.weight @ heads.flatten(), atol=1e-4)
 
 
+def test_a_per_head_value_projection_projects_each_heads_pooled_objects_before_w3():
+    torch.manual_seed(0)
+    boa = BodyObjectAttention(heads=3, dim=16, geometry=True, value_dim=8)
+    assert boa.value_proj.shape == (3, 2048, 8) and boa.output_proj.weight.shape == (2048, 3 * 8)
+    body, feats, boxes, mask, person = boa_inputs()
+    context, weights = boa(body, feats, boxes, mask, person)
+    # by hand: head k pools sum_m w^{km} (V_k O_A^m), i.e. projects every object, then W3 on the concatenation
+    valid = feats[0] * mask[0, :, None]
+    heads = torch.stack([weights[0, k] @ (valid @ boa.value_proj[k]) for k in range(3)])
+    assert torch.allclose(context[0], boa.output_proj.weight @ heads.flatten(), atol=1e-4)
+    assert torch.equal(context[3], torch.zeros(2048))  # no valid object: still exactly 0
+    paper = BodyObjectAttention(heads=16, dim=128, geometry=True)
+    projected = BodyObjectAttention(heads=16, dim=128, geometry=True, value_dim=128)
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(paper) - count(projected) == 16 * 2048 * 2048 - (16 * 2048 * 128 + 16 * 128 * 2048)
+
+
 def test_equal_pooling_is_the_mean_of_valid_objects():
     torch.manual_seed(0)
     pool = EqualObjectPooling()
