@@ -40,7 +40,8 @@ DEFAULT_PARAMS = DEFAULT_WORKSPACE.params_file
 # tests/test_dvc_pipeline.py checks every other key of these sections is tracked.
 SCHEDULING_KEYS = frozenset({
     "detect.batch_size", "detect.ray_min_images",
-    "objects.batch_size", "objects.num_actors", "objects.shard_size",
+    "objects.batch_size", "objects.num_actors", "objects.shard_size", "objects.engine", "objects.ray_min_images",
+    "objects.ray_min_cpus",
     "train.num_workers", "train.use_gpu", "train.loader_workers", "train.max_failures", "train.cpus_per_worker",
 })
 
@@ -50,6 +51,7 @@ DATA_KINDS = ("emotic", "caers")
 FACE_DETECTORS = ("mtcnn", "haar")  # core/detection/faces.py
 OBJECT_BOXES = ("dataset", "detector")
 OBJECT_DETECTORS = ("fasterrcnn_resnet50_fpn",)  # core/features/objects.py
+OBJECT_ENGINES = ("auto", "ray", "local")  # core/features/execution.py
 EMBEDDING_SOURCES = ("glove6b50", "glove_file")  # core/graph/embeddings.py
 OPTIMIZERS = ("sgd", "adam", "adamw")
 TRAIN_LOSSES = ("weighted_mse", "bce", "focal", "cross_entropy")  # models/losses.py
@@ -100,6 +102,9 @@ class ObjectsConfig:
     shard_size: int = at_least(1)
     exclude_iou: float = within(0, 1, low_open=True)  # IoU 0 would exclude every box
     num_actors: int | None = at_least(1)  # Ray Data actors; null = one per GPU, else one per CPU
+    engine: str = one_of(*OBJECT_ENGINES)  # auto | ray | local (core/features/execution.py choose_engine)
+    ray_min_images: int = at_least(0)  # engine auto: fewer images to compute run in-process
+    ray_min_cpus: int = at_least(1)  # engine auto: without a cluster or a GPU, Ray Data from this many CPUs
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """DVC stage `objects`: top-N object boxes and 2048-d RoI features per target person (core/features/).
 
-    python -m stages.objects                       # all splits, Ray Data actor pool
+    python -m stages.objects                       # all splits; objects.engine (auto: Ray Data where it pays)
     python -m stages.objects --splits val --engine local   # one split, plain in-process loop
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     parser.add_argument("--manifest-dir", type=Path, default=DEFAULT_WORKSPACE.manifest_dir)
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_WORKSPACE.objects_dir)
-    parser.add_argument("--engine", choices=("ray", "local"), default="ray")
+    parser.add_argument("--engine", choices=("auto", "ray", "local"), default="auto",
+                        help="auto: objects.engine in params.yaml")
     parser.add_argument("--limit-shards", type=int, default=None,
                         help="compute at most this many shards, then stop (a later run resumes)")
     args = parser.parse_args(argv)

@@ -492,3 +492,20 @@ def test_boxes_file_problems_are_user_errors(local_result, tmp_path):
         objects.run(small_params(root, boxes_file="bad.csv"), ("val",), tmp_path / "o", **kwargs)
     with pytest.raises(UserError, match="test.parquet does not exist: run the ingest stage"):
         objects.run(small_params(root), ("test",), tmp_path / "o", **kwargs)
+
+
+@pytest.mark.parametrize("engine, images, address, cpus, gpu, expected", [
+    ("auto", 320, None, 2, False, "local"),        # this machine: the loop is as fast, with a third of the memory
+    ("auto", 320, None, 16, False, "ray"),         # many cores: one actor per CPU
+    ("auto", 320, None, 2, True, "ray"),           # a GPU
+    ("auto", 320, "ray://head:10001", 2, False, "ray"),  # a cluster: every node's actors
+    ("auto", 48, "ray://head:10001", 16, True, "local"),  # too few images to pay for Ray's start-up
+    ("ray", 1, None, 1, False, "ray"),             # an explicit engine is obeyed
+    ("local", 10_000, "ray://head:10001", 64, True, "local"),
+])
+def test_the_engine_follows_the_resources(engine, images, address, cpus, gpu, expected):
+    from core.features.execution import choose_engine
+
+    cfg = dataclasses.replace(small_params(Path("unused")).objects, engine=engine, ray_min_images=100, ray_min_cpus=4)
+    chosen, why = choose_engine(cfg, images, cluster_address=address, cpus=cpus, gpu=gpu)
+    assert chosen == expected and why

@@ -80,12 +80,49 @@ def quiet_ray_data() -> None:
     logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
 
 
+def choose_engine(cfg: ObjectsConfig, images: int, *, cluster_address: str | None, cpus: int, gpu: bool
+                  ) -> tuple[str, str]:
+    """(engine, why) for `objects.engine: auto`: Ray Data where it pays, the in-process loop elsewhere.
+
+    Ray Data spreads the images over actors (one per CPU, or per GPU) on every node of a cluster;
+    on one small machine the same worker in-process is as fast without Ray's start-up and
+    object-store copies (measured on 2 cores, 320 images: 4.27 vs 4.08 images/s, 0.97 vs 2.87 GB;
+    48 images: Ray 0.32x), so a cluster, a GPU or `ray_min_cpus` CPUs are needed, and at least
+    `ray_min_images` images to compute.
+    """
+    if cfg.engine != "auto":
+        return cfg.engine, f"objects.engine: {cfg.engine}"
+    if images < cfg.ray_min_images:
+        return "local", f"{images} images < objects.ray_min_images {cfg.ray_min_images}"
+    if cluster_address:
+        return "ray", f"a Ray cluster at {cluster_address}"
+    if gpu:
+        return "ray", "a GPU"
+    if cpus >= cfg.ray_min_cpus:
+        return "ray", f"{cpus} CPUs >= objects.ray_min_cpus {cfg.ray_min_cpus}"
+    return "local", f"{cpus} CPUs < objects.ray_min_cpus {cfg.ray_min_cpus}, no GPU, no cluster"
+
+
+def resolve_engine(cfg: ObjectsConfig, engine: str, images: int) -> tuple[str, str]:
+    """`engine` ("auto", "ray", "local"; auto reads objects.engine) for this machine and these images."""
+    import os
+
+    import torch
+
+    if engine != "auto":
+        return engine, f"--engine {engine}"
+    return choose_engine(cfg, images, cluster_address=os.environ.get("RAY_ADDRESS") or None,
+                         cpus=os.cpu_count() or 1, gpu=torch.cuda.is_available())
+
+
 def compute_shards(plans: Sequence[ShardPlan], worker_kwargs: dict[str, Any], cfg: ObjectsConfig, engine: str,
                    sink: Callable[[dict], None]) -> dict[str, Any]:
-    """Run `plans` on `engine` ("ray" or "local"), feeding every result batch to `sink`."""
-    execution: dict[str, Any] = {"engine": engine}
+    """Run `plans` on `engine` ("ray" or "local"; "auto": `resolve_engine`), feeding every result batch to `sink`."""
     if not plans:
-        return execution  # nothing to compute: Ray is never started
+        return {"engine": engine}  # nothing to compute: Ray is never started
+    engine, why = resolve_engine(cfg, engine, sum(len(plan.frame) for plan in plans))
+    execution: dict[str, Any] = {"engine": engine, "engine_reason": why}
+    # "auto" was resolved above; objects.run resolves it first to say which before the work starts
     frames = batch_frames(plans, cfg.batch_size)
     if engine == "ray":
         from core.ray_utils import ray_session

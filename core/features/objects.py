@@ -32,7 +32,7 @@ import torch
 from core.data.manifest import SPLITS
 from core.errors import UserError
 from core.features.assembly import assemble_split
-from core.features.execution import compute_shards
+from core.features.execution import compute_shards, resolve_engine
 from core.features.inputs import (
     DatasetBoxes,
     ShardPlan,
@@ -191,18 +191,19 @@ def counted(sink: Callable[[dict], None], progress: Progress) -> Callable[[dict]
 
 def run(params: Params, splits: Sequence[str] = SPLITS, out_dir: Path = DEFAULT_WORKSPACE.objects_dir,
         limit_shards: int | None = None, *, manifest_dir: Path = DEFAULT_WORKSPACE.manifest_dir, shard_root: Path | None = None,
-        engine: str = "ray", log: Callable[[str], None] = print) -> dict[str, Any]:
+        engine: str = "auto", log: Callable[[str], None] = print) -> dict[str, Any]:
     """Compute (or resume) the object arrays of `splits`; returns a summary.
 
     `limit_shards` stops after computing that many shards (the rest stay for a later run; splits
-    with missing shards are not assembled). `engine`: "ray" (Ray Data actor pool) or "local"
-    (the same worker in this process). Shards live in `shard_root` (default: <out_dir>.shards).
+    with missing shards are not assembled). `engine`: "ray" (Ray Data actor pool), "local"
+    (the same worker in this process) or "auto" (`objects.engine`; core/features/execution.py
+    choose_engine decides by the resources). Shards live in `shard_root` (default: <out_dir>.shards).
     """
     started = time.perf_counter()
     cfg = params.objects
     check_config(cfg)
-    if engine not in ("ray", "local"):
-        raise UserError(f"engine must be 'ray' or 'local', got {engine!r}")
+    if engine not in ("auto", "ray", "local"):
+        raise UserError(f"engine must be 'auto', 'ray' or 'local', got {engine!r}")
     out_dir = Path(out_dir)
     shard_root = Path(shard_root) if shard_root is not None else out_dir.with_name(out_dir.name + ".shards")
     data_root = Path(params.data.root)
@@ -221,6 +222,9 @@ def run(params: Params, splits: Sequence[str] = SPLITS, out_dir: Path = DEFAULT_
 
     worker_kwargs = {"cfg": cfg, "choice": choice, "state_dict": state_dict,
                      "data_root": str(data_root.resolve()), "seed": params.seed}
+    if pending:
+        engine, why = resolve_engine(cfg, engine, sum(len(plan.frame) for plan in pending))
+        log(f"objects: engine {engine} ({why})")
     with Progress(sum(p.n_persons for p in pending), "objects: features", unit="persons") as progress:
         collector = ShardCollector(pending, {s: w.shard_dir for s, w in work.items()},
                                    {s: len(w.plans) for s, w in work.items()}, progress.around(log))
