@@ -1,4 +1,5 @@
-"""CPU forward+backward time per batch and parameter counts per module of SIB-Net and DAG-Net.
+"""CPU forward+backward time per batch and parameter counts per module of SIB-Net and DAG-Net
+(DAG-Net also with its trunks frozen, on the tensors the frozen-backbone cache holds).
 
     python benchmarks/bench_context_models.py [--iterations 3] [--warmup 1] [--batch 32] [--paper]
 
@@ -30,6 +31,7 @@ from models.config import replace_path
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 26
 MODELS = ("sibnet", "dagnet")
+FROZEN_PATH = ("dagnet",)  # also timed with its trunks frozen: the step a frozen-backbone sweep trial takes
 # The papers' sizes (--paper), as dotted overrides of the demo section.
 PAPER = {
     "sibnet": {"views.image_face_masked.size": 230, "views.image_body_masked.size": 230, "views.image.size": 230},
@@ -55,7 +57,7 @@ def random_batch(model: torch.nn.Module, batch: int, gen: torch.Generator) -> di
     return {**inputs, "target": target, "index": torch.arange(batch)}
 
 
-def bench(name: str, cfg, variant: str, args: argparse.Namespace) -> dict:
+def bench(name: str, cfg, variant: str, args: argparse.Namespace, frozen: bool = False) -> dict:
     for side in ("backbone", "body_backbone", "context_backbone"):
         if hasattr(cfg, side):
             cfg = replace_path(replace_path(cfg, f"{side}.pretrained", False), f"{side}.weights", None)
@@ -64,6 +66,13 @@ def bench(name: str, cfg, variant: str, args: argparse.Namespace) -> dict:
     criterion = build_criterion(model, "bce", np.full(NUM_CLASSES, 0.1), seed=0)
     batch = random_batch(model, args.batch, torch.Generator().manual_seed(0))
     inputs = {key: value for key, value in batch.items() if key in model.views}
+    if frozen:  # what the frozen-backbone cache would hold (models/frozen.py); the trunks are not run
+        model.eval()
+        with torch.no_grad():
+            cached = {key: part.encode(inputs[part.view]) for key, part in model.frozen_inputs().items()}
+        model.freeze_backbone()
+        model.train()
+        inputs = {**cached, **{key: value for key, value in inputs.items() if key in model.views}}
     times = []
     for step in range(args.warmup + args.iterations):
         model.zero_grad(set_to_none=True)
@@ -75,6 +84,7 @@ def bench(name: str, cfg, variant: str, args: argparse.Namespace) -> dict:
     return {
         "model": name, "variant": variant, "batch": args.batch,
         "views": {key: list(value.shape[1:]) for key, value in inputs.items()},
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "seconds_per_batch": [round(t, 3) for t in times], "median_seconds_per_batch": round(median, 3),
         "samples_per_s": round(args.batch / median, 2),
         "parameters": {child: count_parameters(module) for child, module in model.named_children()},
@@ -100,6 +110,8 @@ def main() -> None:
     for name in MODELS:
         cfg = params.model.family(name)
         results.append(bench(name, cfg, "demo (params.yaml)", args))
+        if name in FROZEN_PATH:
+            results.append(bench(name, cfg, "demo, frozen trunks", args, frozen=True))
         if args.paper:
             results.append(bench(name, paper_config(cfg, PAPER[name]), "paper sizes", args))
     report = {
