@@ -291,7 +291,7 @@ def retrain(
                                                 "infra/prefect/prefect.yaml, Mondays 04:00 UTC)"),
     name: str = typer.Option("retrain-weekly", help="deployment name for --serve"),
 ) -> None:
-    """Prefect flow: dvc pull -> dvc repro (on Ray) -> evaluate -> register -> promote -> dvc push."""
+    """Prefect flow: [dvc pull] -> a task per DVC stage (on Ray) -> register -> promote -> tag dvc.lock -> [push]."""
     _workspace_params(DEFAULT_WORKSPACE.params_file)  # the flow reads them too: a bad value stops here, in one line
     from pipelines import flows
 

@@ -1,20 +1,28 @@
 """Prefect flows: scheduled retraining through DVC on Ray, and the ablations fanned out over Ray.
 
     ctxemo retrain                              # one run now (Prefect's ephemeral API, or PREFECT_API_URL)
-    ctxemo retrain --pull --push                # with the DVC remote around it
+    ctxemo retrain --pull --push                # with the DVC remote (and the git remote) around it
     ctxemo retrain --serve                      # this process serves deployment retrain/retrain-weekly on the
                                                 # schedule in infra/prefect/prefect.yaml (--cron overrides it)
     prefect deploy --prefect-file infra/prefect/prefect.yaml --all    # the same flow on a work pool
     ctxemo ablate-flow --variant full --variant no_eld
 
-`retrain`:  [dvc pull] -> dvc repro train -> dvc repro evaluate -> register -> promote -> [dvc push]
-DVC decides what is stale (a week without new data reruns nothing and registers nothing new), so
-no task uses Prefect's input caching (`cache_policy=NO_CACHE`). Each step is its own task with
-retries (exponential backoff from `retry_backoff_seconds`) and a timeout; a step that still fails
-fails the flow run, with the step's output tail in the error and every output line in the Prefect
-logs. Registration (pipelines/registry.py) only accepts a model whose evaluation is fresh (the
-run id of artifacts/model must own reports/metrics.json), and `promote` only runs after it, so a
-failed or half-finished evaluation never moves the `champion` alias.
+`retrain`:  [dvc pull] -> one task per DVC stage `evaluate` depends on (ingest ... train, evaluate)
+            -> register -> promote -> [commit dvc.lock, tag it] -> [dvc push -> git push <tag>]
+The stages and their order are DVC's own plan of `dvc repro evaluate` (pipelines/dvc_stages.py);
+each is a task run named after its stage running `dvc repro --single-item <stage>`, so the Prefect
+UI shows each stage's state, logs and retries while DVC decides what is stale (a week without new
+data reruns nothing and registers nothing new; the summary's "steps" say per stage whether DVC ran
+it). No task uses Prefect's input caching (`cache_policy=NO_CACHE`). Each step has retries
+(exponential backoff from `retry_backoff_seconds`) and a timeout (STEPS; a stage without an entry
+gets `stage`'s); a step that still fails fails the flow run, with its output tail in the error and
+every output line in the Prefect logs. Registration (pipelines/registry.py) only accepts a model
+whose evaluation is fresh (the run id of artifacts/model must own reports/metrics.json), and
+`promote` only runs after it, so a failed or half-finished evaluation never moves `champion`.
+A run holds the workspace's lock for its whole duration (a second one is refused, naming the
+holder; deployments have `concurrency_limit: 1`, so Prefect queues theirs), and after an applied
+promotion commits dvc.lock alone to the workspace's git repository and tags it
+`retrain-<flow run>-v<version>`: pipelines/dvc_stages.py says how and why.
 
 Both flows run their tasks on Ray through prefect-ray's `RayTaskRunner`: `RAY_ADDRESS` joins a
 cluster (e.g. `ray://ctxemo-head-svc:10001`), otherwise a local Ray starts (no dashboard). Steps
@@ -24,12 +32,12 @@ CPUs/GPUs (the stage subprocesses join the same cluster, training through Ray Tr
 starving the trainers. Stage subprocesses run `python -m dvc` with this interpreter, the
 workspace as cwd and the venv's bin first on PATH (dvc.yaml says `python -m stages.X`); they get
 the flow's MLflow/S3/DVC settings (never a secret: credentials come from each node's own
-environment, as core/storage.py explains).
+environment, as core/storage.py explains). The git steps run in the flow's process (its git identity).
 
 Every task starts at the fault point `flow.step` (step name, attempt; core/faults.py), where drills
 and tests inject failures from outside: a plan fault {"point": "flow.step", "when": {"step":
 "evaluate"}, "times": 1} fails that step's first attempt (then the retry runs it), a large `times`
-makes it fail for good.
+makes it fail for good. A stage's step name is the stage's name.
 """
 from __future__ import annotations
 
@@ -42,7 +50,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +63,7 @@ from core import env
 from core.errors import UserError
 from core.faults import fault_point
 from core.workspace import Workspace
+from pipelines import dvc_stages
 
 # Settings the stage subprocesses must share with the flow run. Secrets are never forwarded.
 FORWARDED_PREFIXES = ("MLFLOW_", "CTXEMO_", "DVC_", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
@@ -68,13 +77,18 @@ class StepPolicy:
     timeout_seconds: float
 
 
+RETRAIN_TARGET = "evaluate"   # the DVC stage `retrain` reproduces, with every stage it depends on
+
 STEPS: dict[str, StepPolicy] = {
     "dvc-pull": StepPolicy(retries=3, timeout_seconds=2 * 3600),
-    "reproduce": StepPolicy(retries=1, timeout_seconds=24 * 3600),
+    "stage": StepPolicy(retries=2, timeout_seconds=6 * 3600),     # a DVC stage without an entry of its own
+    "train": StepPolicy(retries=1, timeout_seconds=24 * 3600),
     "evaluate": StepPolicy(retries=2, timeout_seconds=4 * 3600),
     "register": StepPolicy(retries=3, timeout_seconds=15 * 60),
     "promote": StepPolicy(retries=3, timeout_seconds=2 * 3600),   # may re-score the champion
+    "commit-lock": StepPolicy(retries=1, timeout_seconds=10 * 60),
     "dvc-push": StepPolicy(retries=3, timeout_seconds=2 * 3600),
+    "git-push": StepPolicy(retries=3, timeout_seconds=15 * 60),
     "ablation": StepPolicy(retries=1, timeout_seconds=24 * 3600),
 }
 
@@ -146,8 +160,9 @@ def _subprocess_env(forwarded: dict[str, str]) -> dict[str, str]:
     return child
 
 
-def run_command(command: list[str], cwd: Path, environment: dict[str, str], timeout_seconds: float, logger) -> float:
-    """Run `command`, streaming its output to `logger`; StepFailed with the output tail on failure."""
+def run_command(command: list[str], cwd: Path, environment: dict[str, str], timeout_seconds: float, logger,
+                on_line: Callable[[str], None] | None = None) -> float:
+    """Run `command`, streaming its output to `logger` (and `on_line`); StepFailed with the output tail on failure."""
     started = time.perf_counter()
     tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
     shown = " ".join(command[2:] if command[:2] == [sys.executable, "-m"] else command)
@@ -167,6 +182,8 @@ def run_command(command: list[str], cwd: Path, environment: dict[str, str], time
             line = line.rstrip()
             tail.append(line)
             logger.info(line)
+            if on_line is not None:
+                on_line(line)
         code = process.wait()
     finally:
         watchdog.cancel()
@@ -205,6 +222,17 @@ def dvc_step(args: list[str], workspace: str, forwarded: dict[str, str],
 
 
 @task(cache_policy=NO_CACHE)
+def stage_step(stage: str, workspace: str, forwarded: dict[str, str], timeout_seconds: float) -> dict[str, Any]:
+    """`python -m dvc repro --single-item STAGE` in the workspace: DVC runs the stage if it is stale."""
+    _step_fault_point()
+    args, outcome = ["repro", "--single-item", stage], dvc_stages.OutcomeReader(stage)
+    seconds = run_command([sys.executable, "-m", "dvc", *args], Path(workspace), _subprocess_env(forwarded),
+                          timeout_seconds, get_run_logger(), on_line=outcome)
+    return {"step": stage, "command": f"dvc {' '.join(args)}", "outcome": outcome.outcome,
+            "seconds": round(seconds, 1), "ray_task_id": _ray_task_id()}
+
+
+@task(cache_policy=NO_CACHE)
 def register_step(workspace: str, tracking_uri: str, model_name: str) -> dict[str, Any]:
     """Register the freshly evaluated model as a new version with the `challenger` alias."""
     from pipelines import registry
@@ -239,6 +267,20 @@ def promote_step(workspace: str, tracking_uri: str, model_name: str, version: st
 
 
 @task(cache_policy=NO_CACHE)
+def commit_lock_step(workspace: str, message: str, tag: str) -> dict[str, Any]:
+    """Commit dvc.lock alone in the workspace's git repository and tag it (skipped, logged, without git)."""
+    _step_fault_point()
+    return dvc_stages.commit_lock_file(Path(workspace), message, tag, get_run_logger())
+
+
+@task(cache_policy=NO_CACHE)
+def git_push_step(workspace: str, tag: str) -> dict[str, Any]:
+    """`git push <remote> <tag>` (no remote: the tag stays local)."""
+    _step_fault_point()
+    return dvc_stages.push_tag(Path(workspace), tag, get_run_logger())
+
+
+@task(cache_policy=NO_CACHE)
 def ablation_step(base_params: dict[str, Any], variant: str, seed: int, out_root: str, workspace: str,
                   forwarded: dict[str, str]) -> dict[str, Any]:
     """Train and evaluate one ablation variant (pipelines/ablation.py) inside the workspace."""
@@ -267,10 +309,11 @@ def _inside(workspace: Path, variables: dict[str, str]) -> Iterator[None]:
         os.chdir(previous_cwd)
 
 
-def _step(base, name: str, retry_backoff_seconds: float):
-    policy = STEPS[name]
+def _step(base, name: str, retry_backoff_seconds: float, **options):
+    """`base` as step `name` (its task and fault-point name) with STEPS' policy (`stage`'s for a DVC stage)."""
+    policy = STEPS.get(name, STEPS["stage"])
     return base.with_options(
-        name=name, retries=policy.retries,
+        name=name, retries=policy.retries, **options,
         retry_delay_seconds=exponential_backoff(backoff_factor=retry_backoff_seconds)(policy.retries),
         retry_jitter_factor=0.2, timeout_seconds=policy.timeout_seconds,
     )
@@ -311,43 +354,75 @@ def retrain(workspace: str = ".", pull: bool = False, push: bool = False, promot
     """Scheduled retraining: rerun what DVC finds stale, register the evaluated model, gate it, promote it.
 
     workspace: the DVC workspace (absolute on a cluster: Ray nodes share it).
-    pull / push: `dvc pull` first / `dvc push` last (a DVC remote must be configured).
+    pull / push: `dvc pull` first / `dvc push` (and `git push` of the promotion's tag) last.
     promote: False registers the challenger and explains the gate without moving `champion`.
     """
-    from core.params import load_params
+    from prefect.runtime import flow_run
 
     env.apply_embedded_defaults()  # telemetry off for what this run starts (the CLI did it already)
-    logger = get_run_logger()
     ws = Path(workspace).resolve()
+    with dvc_stages.workspace_lock(ws, f"retrain flow run {flow_run.name!r} ({flow_run.id})"):
+        return _retrain(ws, flow_run.name, flow_run.id, pull, push, promote, retry_backoff_seconds)
+
+
+def _retrain(ws: Path, run_name: str | None, run_id: str | None, pull: bool, push: bool, promote: bool,
+             backoff: float) -> dict[str, Any]:
+    """The body of `retrain`, under the workspace's lock."""
+    from core.params import load_params
+
+    logger = get_run_logger()
     params = load_params(Workspace.at(ws).params_file)
     forwarded = forwarded_environment(ws)
     tracking_uri = forwarded["MLFLOW_TRACKING_URI"]
     name = params.registry.name_for(params.model.name)
-    steps = {step: _step(base, step, retry_backoff_seconds) for step, base in (
-        ("dvc-pull", dvc_step), ("reproduce", dvc_step), ("evaluate", dvc_step), ("register", register_step),
-        ("promote", promote_step), ("dvc-push", dvc_step))}
-    summary: dict[str, Any] = {"workspace": str(ws), "model_name": name, "tracking_uri": tracking_uri, "steps": []}
+    stages = dvc_stages.stage_plan(ws, RETRAIN_TARGET)
+    summary: dict[str, Any] = {"workspace": str(ws), "flow_run": run_name, "model_name": name,
+                               "tracking_uri": tracking_uri, "stages": stages, "steps": [], "git": None}
 
-    def shell(step: str, args: list[str]) -> None:
-        result = steps[step].submit(args, str(ws), forwarded, STEPS[step].timeout_seconds).result()
-        summary["steps"].append({"step": step, **result})
+    def shell(step: str, base, *args) -> None:
+        done = _step(base, step, backoff).submit(*args, str(ws), forwarded, STEPS[step].timeout_seconds).result()
+        summary["steps"].append({"step": step, **done})
 
-    logger.info(f"retraining in {ws}; MLflow {tracking_uri}; registered model {name}")
+    logger.info(f"retraining in {ws}: stages {' -> '.join(stages)}; MLflow {tracking_uri}; registered model {name}")
     with _ray_options():
         if pull:
-            shell("dvc-pull", ["pull"])
-        shell("reproduce", ["repro", "train"])
-        shell("evaluate", ["repro", "evaluate"])
-        registered = steps["register"].submit(str(ws), tracking_uri, name).result()
-        decision = steps["promote"].submit(str(ws), tracking_uri, name, registered["version"], registered["metric"],
-                                           params.registry.min_improvement, promote).result()
+            shell("dvc-pull", dvc_step, ["pull"])
+        for stage in stages:
+            policy = STEPS.get(stage, STEPS["stage"])
+            summary["steps"].append(_step(stage_step, stage, backoff, task_run_name=stage).submit(
+                stage, str(ws), forwarded, policy.timeout_seconds).result())
+        registered = _step(register_step, "register", backoff).submit(str(ws), tracking_uri, name).result()
+        decision = _step(promote_step, "promote", backoff).submit(
+            str(ws), tracking_uri, name, registered["version"], registered["metric"],
+            params.registry.min_improvement, promote).result()
+        applied = decision["promote"] and decision["applied"]
+        if applied:
+            summary["git"] = _record_promotion(ws, run_name, run_id, name, registered, backoff)
         if push:
-            shell("dvc-push", ["push"])
-    champion = decision["challenger"]["version"] if decision["promote"] and decision["applied"] else (
+            shell("dvc-push", dvc_step, ["push"])
+            if (summary["git"] or {}).get("tag"):
+                summary["git"]["push"] = _step(git_push_step, "git-push", backoff)(str(ws), summary["git"]["tag"])
+    champion = decision["challenger"]["version"] if applied else (
         decision["champion"]["version"] if decision["champion"] else None)
     summary.update(version=registered["version"], run_id=registered["run_id"], champion=champion,
                    registered=registered, decision=decision)
     return summary
+
+
+def _record_promotion(ws: Path, run_name: str | None, run_id: str | None, model_name: str,
+                      registered: dict[str, Any], backoff: float) -> dict[str, Any]:
+    """Commit and tag dvc.lock in the flow's own process (its git identity); never fails the flow run."""
+    version = registered["version"]
+    tag = dvc_stages.release_tag(run_name, version)
+    message = (f"retrain {run_name or tag}: dvc.lock of {model_name} version {version}\n\n"
+               f"Prefect flow run {run_name} ({run_id}) registered {model_name} version {version} "
+               f"(MLflow run {registered['run_id']}) and promoted it to champion.")
+    state = _step(commit_lock_step, "commit-lock", backoff)(str(ws), message, tag, return_state=True)
+    if state.is_completed():
+        return state.result()
+    reason = f"dvc.lock not committed: {state.message}"
+    get_run_logger().warning(f"{reason} (the promotion stands)")
+    return {"skipped": reason}
 
 
 @flow(name="ablations", task_runner=ray_task_runner(), log_prints=True)
@@ -381,6 +456,7 @@ def ablations(workspace: str = ".", variants: list[str] | None = None, seeds: li
 
 
 PREFECT_FILE = Path("infra/prefect/prefect.yaml")
+RETRAIN_CONCURRENCY = 1   # runs of a retrain deployment at once (infra/prefect/prefect.yaml says the same)
 
 
 def deployment_schedule(name: str = "retrain-weekly", workspace: Path = Path(".")) -> tuple[str, str]:
@@ -407,11 +483,11 @@ def deployment_schedule(name: str = "retrain-weekly", workspace: Path = Path("."
 
 
 def retrain_deployment(name: str, cron: str, timezone: str = "UTC", parameters: dict[str, Any] | None = None):
-    """The `retrain` deployment with a cron schedule (what `serve_retrain` serves)."""
+    """The `retrain` deployment with a cron schedule (what `serve_retrain` serves); one run at a time."""
     from prefect.schedules import Cron
 
     return retrain.to_deployment(name=name, schedules=[Cron(cron, timezone=timezone)], parameters=parameters or {},
-                                 tags=["ctxemo"],
+                                 tags=["ctxemo"], concurrency_limit=RETRAIN_CONCURRENCY,
                                  description="Rerun what is stale with DVC on Ray, register and promote the model.")
 
 

@@ -1,17 +1,22 @@
 """Prefect flows on Ray: `retrain` through DVC end to end, retries, a failed evaluation, a real server, ablations.
 
-The workspace is the tiny generated one made into a DVC project (dvc.yaml and the stage code
-copied in, the data stages' outputs committed with `dvc commit`), so `retrain` runs the real
-production path: `python -m dvc repro train` / `evaluate` as subprocesses that join the test's Ray
-cluster, then registration and the gate on the workspace's MLflow store. The runs build on each
-other (fixtures chain them): the first model becomes champion (Prefect's test harness), then a
-second model whose evaluation stage is broken runs against a real `prefect server` on loopback
-and leaves the first one champion. The gate's decisions themselves are tested in test_registry.py.
+The workspace is the tiny generated one made into a git + DVC project (dvc.yaml and the stage code
+copied in, the data stages' outputs committed with `dvc commit`, dvc.yaml, params.yaml and dvc.lock
+committed to git), so `retrain` runs the real production path: one task per DVC stage of `evaluate`,
+each `python -m dvc repro --single-item <stage>` as a subprocess that joins the test's Ray cluster,
+then registration and the gate on the workspace's MLflow store, then dvc.lock committed and tagged.
+The runs build on each other (fixtures chain them): the first model becomes champion (Prefect's
+test harness), a second run finds every stage up to date, a run beside a held workspace lock is
+refused, then a second model whose evaluation stage is broken runs against a real `prefect server`
+on loopback and leaves the first one champion. The gate's decisions themselves are tested in
+test_registry.py; the stage plan, the lock and the git steps piece by piece in test_dvc_stages.py,
+the shell steps and the deployment's declaration in test_flow_pieces.py.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -30,9 +35,10 @@ from core import faults
 from core.data.ingest import ingest_metrics
 from core.errors import UserError
 from core.workspace import Workspace
-from pipelines import flows, registry
+from pipelines import dvc_stages, flows, registry
 
 MODEL_NAME = "ctxemo-flow-test"
+STAGES = ["ingest", "detect", "objects", "cooccurrence", "embeddings", "train", "evaluate"]
 # Appended before the stage's `if __name__ == "__main__":`, so `main()` calls this `run`.
 BROKEN_EVALUATION = ('def run(*args, **kwargs):\n'
                      '    raise RuntimeError("evaluation broke: test split unreadable")\n\n\n')
@@ -59,15 +65,20 @@ def flow_environment(tmp_path_factory):
 
 
 def dvc(workspace: Path, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=workspace, capture_output=True, text=True,
-                          timeout=120)
+    return git(workspace, *args, command=[sys.executable, "-m", "dvc"])
+
+
+def git(workspace: Path, *args: str, command: list[str] | None = None) -> str:
+    done = subprocess.run([*(command or ["git"]), *args], cwd=workspace, capture_output=True, text=True,
+                          timeout=120, check=False)
     assert done.returncode == 0, done.stderr + done.stdout
     return done.stdout
 
 
 @pytest.fixture(scope="module")
 def workspace(tiny_workspace, tmp_path_factory) -> Path:
-    """The tiny workspace as a DVC project whose data stages are up to date (dvc commit)."""
+    """The tiny workspace as a git + DVC project whose data stages are up to date (dvc commit), with a DVC
+    remote and a git remote `origin` (both folders beside it)."""
     ws = tmp_path_factory.mktemp("dvc-ws")
     shutil.copytree(tiny_workspace.root / "raw", ws / "raw")
     shutil.copytree(tiny_workspace.root / "data", ws / "data")
@@ -82,8 +93,17 @@ def workspace(tiny_workspace, tmp_path_factory) -> Path:
     params["train"]["epochs"] = 1
     params["registry"] = {"model_name": MODEL_NAME, "min_improvement": 0.005}
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    dvc(ws, "init", "--no-scm", "-q")
+    git(ws, "init", "-q", "-b", "main")
+    git(ws, "config", "user.name", "Retrain Test")
+    git(ws, "config", "user.email", "retrain-test@example.invalid")
+    dvc(ws, "init", "-q")
     dvc(ws, "commit", "-f", "ingest", "objects", "cooccurrence", "embeddings")
+    dvc(ws, "remote", "add", "-d", "local", str(tmp_path_factory.mktemp("dvc-remote")))
+    git(ws, "add", "dvc.yaml", "params.yaml", "dvc.lock", ".dvc/config", ".dvc/.gitignore")
+    git(ws, "commit", "-q", "-m", "tiny workspace")
+    origin = tmp_path_factory.mktemp("git-remote")
+    git(origin, "init", "-q", "--bare")
+    git(ws, "remote", "add", "origin", str(origin))
     return ws
 
 
@@ -96,6 +116,7 @@ class FlowRunRecord:
     result: dict[str, Any] | None
     task_runs: list[Any]
     logs: str
+    flow_run_name: str
     stored_state: Any = None        # the flow run's state as read back from the server
     flow_name: str | None = None
 
@@ -105,11 +126,15 @@ class FlowRunRecord:
         assert len(found) == 1, [t.name for t in self.task_runs]
         return found[0]
 
+    def task_run_names(self) -> list[str]:
+        """The task runs' names in the order they started."""
+        return [t.name for t in sorted(self.task_runs, key=lambda t: t.start_time)]
+
     def ran(self, name: str) -> bool:
         return any(t.name.rsplit("-", 1)[0] == name for t in self.task_runs)
 
 
-def run_flow(flow_fn, wait_for_log: str | None = None, **parameters) -> FlowRunRecord:
+def run_flow(flow_fn, wait_for_log: str | tuple[str, ...] | None = None, **parameters) -> FlowRunRecord:
     """Run a flow and read its state, task runs and logs back through the API it ran against."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
@@ -123,15 +148,17 @@ def run_flow(flow_fn, wait_for_log: str | None = None, **parameters) -> FlowRunR
     flow_run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        flow_run_name = client.read_flow_run(flow_run_id).name
         deadline = time.monotonic() + 20
         while True:  # task logs come from the Ray workers' own log senders, a moment later
             logs = "\n".join(log.message for log in client.read_logs(
                 log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200))
-            if wait_for_log is None or wait_for_log in logs or time.monotonic() > deadline:
+            awaited = (wait_for_log,) if isinstance(wait_for_log, str) else wait_for_log or ()
+            if all(line in logs for line in awaited) or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
     return FlowRunRecord(state=state, result=state.result() if state.is_completed() else None,
-                         task_runs=list(task_runs), logs=logs)
+                         task_runs=list(task_runs), logs=logs, flow_run_name=flow_run_name)
 
 
 def champion_version(client) -> str | None:
@@ -144,15 +171,30 @@ def run_id_of(ws: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def first_run(workspace, ray_local):
-    """retrain on a fresh workspace; evaluation fails once (injected) and succeeds on its retry."""
+def test_api():
+    """Prefect's test harness (a temporary API server), one for the module's runs."""
     from prefect.testing.utilities import prefect_test_harness
 
+    with prefect_test_harness():
+        yield
+
+
+@pytest.fixture(scope="module")
+def first_run(workspace, ray_local, test_api):
+    """retrain on a fresh workspace, pushing; evaluation fails once (injected) and succeeds on its retry."""
     evaluate_fails_once = faults.Fault("flow.step", when={"step": "evaluate"}, times=1)
-    with prefect_test_harness(), faults.inject(evaluate_fails_once):
-        record = run_flow(flows.retrain, wait_for_log="injected fault", workspace=str(workspace),
-                          retry_backoff_seconds=0.2)
+    with faults.inject(evaluate_fails_once):
+        record = run_flow(flows.retrain, wait_for_log=("injected fault", "tagged retrain-"),
+                          workspace=str(workspace), push=True, retry_backoff_seconds=0.2)
     return record, run_id_of(workspace)
+
+
+@pytest.fixture(scope="module")
+def unchanged_run(workspace, first_run):
+    """retrain again with nothing changed; the git repository before and after it."""
+    before = git(workspace, "rev-parse", "HEAD").strip(), git(workspace, "tag").split()
+    record = run_flow(flows.retrain, workspace=str(workspace), retry_backoff_seconds=0.2)
+    return record, before, (git(workspace, "rev-parse", "HEAD").strip(), git(workspace, "tag").split())
 
 
 # --------------------------------------------------------------------------- retrain
@@ -162,8 +204,16 @@ def test_retrain_runs_dvc_stages_on_ray_and_makes_the_first_model_champion(works
     record, run_id = first_run
     assert record.state.is_completed(), record.state.message
     result = record.result
-    assert [s["step"] for s in result["steps"]] == ["reproduce", "evaluate"]
-    assert [s["command"] for s in result["steps"]] == ["dvc repro train", "dvc repro evaluate"]
+    # one task run per stage of `dvc repro evaluate`, named after it, in DVC's order, then the gate, git, push
+    assert result["stages"] == STAGES and [s["step"] for s in result["steps"]] == [*STAGES, "dvc-push"]
+    assert record.task_run_names()[:len(STAGES)] == STAGES
+    assert [n.rsplit("-", 1)[0] for n in record.task_run_names()[len(STAGES):]] == [
+        "register", "promote", "commit-lock", "dvc-push", "git-push"]
+    assert [s["command"] for s in result["steps"]] == [f"dvc repro --single-item {s}" for s in STAGES] + ["dvc push"]
+    # DVC decided: the data stages committed by the fixture were up to date, the rest ran
+    assert {s["step"]: s.get("outcome") for s in result["steps"][:len(STAGES)]} == {
+        "ingest": "up to date", "detect": "ran", "objects": "up to date", "cooccurrence": "up to date",
+        "embeddings": "up to date", "train": "ran", "evaluate": "ran"}
     # every step ran as a Ray task (RayTaskRunner), the stages went through DVC
     assert all(s["ray_task_id"] for s in result["steps"]) and result["registered"]["ray_task_id"]
     assert "Data and pipelines are up to date" in dvc(workspace, "status", "train", "evaluate")
@@ -189,6 +239,64 @@ def test_retrain_runs_dvc_stages_on_ray_and_makes_the_first_model_champion(works
     assert now is not None and version.tags["data_version"] == metrics["test_data_version"] == now
 
 
+def test_the_promotion_commits_dvc_lock_alone_and_tags_it(workspace, first_run):
+    record, _ = first_run
+    tag = f"retrain-{record.flow_run_name}-v1"
+    head = git(workspace, "rev-parse", "HEAD").strip()
+    assert record.result["git"] == {"commit": head, "committed": True, "tag": tag,
+                                    "push": {"tag": tag, "remote": "origin", "pushed": True}}
+    assert git(workspace, "rev-parse", f"{tag}^{{commit}}").strip() == head
+    origin = git(workspace, "remote", "get-url", "origin").strip()
+    assert git(Path(origin), "rev-parse", f"{tag}^{{commit}}").strip() == head  # after `dvc push`
+    assert "Everything is up to date" in dvc(workspace, "push")
+    subject, body = git(workspace, "log", "-1", "--format=%s%n%b").split("\n", 1)
+    assert subject == f"retrain {record.flow_run_name}: dvc.lock of {MODEL_NAME} version 1"
+    assert record.result["run_id"] in body and "promoted it to champion" in body
+    assert git(workspace, "show", "--name-only", "--format=", "HEAD").split() == ["dvc.lock"]
+    assert git(workspace, "show", "HEAD:dvc.lock") == (workspace / "dvc.lock").read_text()
+    assert int(git(workspace, "rev-list", "--count", "HEAD")) == 2
+    # the run's other files (models, reports, DVC's .gitignore entries) stay out of git
+    assert "?? reports/" in git(workspace, "status", "--porcelain", "--untracked-files=normal")
+    assert f"dvc.lock committed as {head[:12]}, tagged {tag}" in record.logs
+
+
+def test_a_failed_commit_of_dvc_lock_leaves_the_promotion_standing(tmp_path, test_api):
+    from prefect import flow
+
+    @flow
+    def record_promotion() -> dict[str, Any]:
+        return flows._record_promotion(tmp_path, "calm-fox", "id", MODEL_NAME, {"version": "2", "run_id": "r"}, 0.01)
+
+    not_git = record_promotion(return_state=True)  # no git repository: logged and skipped
+    assert not_git.is_completed() and not_git.result()["skipped"].startswith(f"{tmp_path} is not a git repository")
+    broken = faults.Fault("flow.step", when={"step": "commit-lock"}, times=10)  # fails the step for good
+    with faults.inject(broken):
+        state = record_promotion(return_state=True)
+    assert state.is_completed() and "injected fault at flow.step (step='commit-lock'" in state.result()["skipped"]
+
+
+def test_a_second_run_with_nothing_changed_finds_every_stage_up_to_date(unchanged_run):
+    record, before, after = unchanged_run
+    assert record.state.is_completed(), record.state.message
+    assert record.task_run_names()[:len(STAGES)] == STAGES
+    assert [(s["step"], s["outcome"]) for s in record.result["steps"]] == [(s, "up to date") for s in STAGES]
+    assert all(record.task_run(s).run_count == 1 for s in STAGES)
+    # the same model: registered once, nothing promoted, nothing committed or tagged
+    assert record.result["version"] == "1" and not record.result["decision"]["promote"]
+    assert record.result["git"] is None and not record.ran("commit-lock") and after == before
+
+
+def test_a_run_on_a_workspace_another_run_holds_is_refused_naming_both(workspace, first_run, test_api):
+    holder = "retrain flow run 'the-other-one'"
+    with dvc_stages.workspace_lock(workspace, holder):
+        record = run_flow(flows.retrain, workspace=str(workspace), retry_backoff_seconds=0.2)
+    assert record.state.is_failed()
+    assert f"workspace {workspace} is busy: {holder} (pid {os.getpid()} on" in record.state.message
+    assert "ctxemo-retrain.lock" in record.state.message and record.task_runs == []
+    with dvc_stages.workspace_lock(workspace, "the next run"):  # the refused run took nothing with it
+        pass
+
+
 def test_scaling_workers_actors_and_retries_makes_nothing_stale(workspace, first_run):
     # what dvc.yaml leaves out (core/params.py SCHEDULING_KEYS): a run scaled from 1 worker to 4 reruns nothing
     original = (workspace / "params.yaml").read_text()
@@ -212,8 +320,11 @@ def test_a_step_that_fails_once_succeeds_on_its_retry(first_run):
     record, _ = first_run
     evaluate = record.task_run("evaluate")
     assert evaluate.run_count == 2 and evaluate.state.type == StateType.COMPLETED
-    assert record.task_run("reproduce").run_count == 1
+    # only the stage the fault hit failed and was retried
+    for stage in STAGES[:-1]:
+        assert record.task_run(stage).run_count == 1 and record.task_run(stage).state.type == StateType.COMPLETED
     assert "injected fault at flow.step (step='evaluate', attempt=1)" in record.logs
+    assert set(re.findall(r"injected fault at flow\.step \(step='([^']+)'", record.logs)) == {"evaluate"}
 
 
 # --------------------------------------------------------------------------- a real Prefect server
@@ -260,7 +371,7 @@ def prefect_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def failed_run(workspace, first_run, prefect_server):
+def failed_run(workspace, first_run, unchanged_run, prefect_server):
     """A second model (new learning rate) whose evaluation stage is broken for real; on a real server."""
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -294,11 +405,11 @@ def test_a_failed_evaluation_fails_the_flow_run_on_a_prefect_server_and_leaves_t
     assert record.flow_name == "retrain" and record.stored_state.type == StateType.FAILED
     # the stage's own error reaches the flow run's state and the Prefect logs
     message = record.stored_state.message
-    assert "dvc repro evaluate` failed" in message and "evaluation broke" in message
+    assert "dvc repro --single-item evaluate` failed" in message and "evaluation broke" in message
     assert "RuntimeError: evaluation broke: test split unreadable" in record.logs
     assert record.task_run("evaluate").run_count == 1 + flows.STEPS["evaluate"].retries
-    assert record.task_run("reproduce").run_count == 1
-    assert not record.ran("register") and not record.ran("promote")
+    assert record.task_run("train").run_count == 1
+    assert not record.ran("register") and not record.ran("promote") and not record.ran("commit-lock")
 
     assert new_run_id != first_run[1]  # a new model was trained ...
     client = registry.client_for(None, workspace)
@@ -343,6 +454,7 @@ def test_serving_the_schedule_registers_a_weekly_deployment_the_server_schedules
         except subprocess.TimeoutExpired:
             serving.kill()
     assert deployment.parameters == {"workspace": str(workspace), "pull": False, "push": False, "promote": True}
+    assert deployment.global_concurrency_limit.limit == 1  # one run at a time: the server queues the next
     assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * 1"]
     assert runs and all(r.state.type == StateType.SCHEDULED for r in runs)
     assert all(r.expected_start_time.weekday() == 0 and r.expected_start_time.hour == 3 for r in runs)
@@ -352,12 +464,9 @@ def test_serving_the_schedule_registers_a_weekly_deployment_the_server_schedules
 
 
 @pytest.mark.slow  # two trainings: ~60 s here; the retrain tests cover RayTaskRunner on the fast path
-def test_ablation_variants_run_side_by_side_as_ray_tasks(workspace, ray_local):
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        record = run_flow(flows.ablations, workspace=str(workspace), variants=["full", "no_eld"],
-                          out_root="artifacts/ablations-flow", report_dir="reports/ablations-flow")
+def test_ablation_variants_run_side_by_side_as_ray_tasks(workspace, ray_local, test_api):
+    record = run_flow(flows.ablations, workspace=str(workspace), variants=["full", "no_eld"],
+                      out_root="artifacts/ablations-flow", report_dir="reports/ablations-flow")
     assert record.state.is_completed(), record.state.message
     rows = {row["variant"]: row for row in record.result["rows"]}
     assert set(rows) == {"full", "no_eld"}
@@ -371,57 +480,3 @@ def test_ablation_variants_run_side_by_side_as_ray_tasks(workspace, ray_local):
     # fanned out: the two variant tasks overlapped in time
     full, no_eld = record.task_run("ablation-full-seed0"), record.task_run("ablation-no_eld-seed0")
     assert full.start_time < no_eld.end_time and no_eld.start_time < full.end_time
-
-
-# --------------------------------------------------------------------------- pieces
-
-
-def test_shell_steps_report_the_exit_code_with_the_output_tail_and_stop_at_their_timeout(tmp_path):
-    import logging
-
-    logger = logging.getLogger("test-flows")
-    with pytest.raises(flows.StepFailed, match=r"exit code 3; last output:\nbefore the error"):
-        flows.run_command([sys.executable, "-c", "print('before the error'); raise SystemExit(3)"], tmp_path,
-                          dict(os.environ), 60, logger)
-    marker = tmp_path / "child.pid"
-    started = time.monotonic()
-    with pytest.raises(flows.StepFailed, match="ran past its 2 s timeout"):
-        flows.run_command(["bash", "-c", f"sleep 60 & echo $! > {marker}; wait"], tmp_path, dict(os.environ), 2,
-                          logger)
-    assert time.monotonic() - started < 30
-    child = int(marker.read_text())
-    time.sleep(0.2)
-    # the command's children went with it: gone, or a killed zombie awaiting a reaper
-    # (in a container whose PID 1 does not reap orphans)
-    import psutil
-
-    try:
-        assert psutil.Process(child).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        pass
-
-
-def test_the_work_pool_deployment_matches_the_flow():
-    from prefect.flows import load_flow_from_entrypoint
-
-    config = yaml.safe_load((REPO / "infra/prefect/prefect.yaml").read_text())
-    deployment = next(d for d in config["deployments"] if d["entrypoint"] == "pipelines/flows.py:retrain")
-    loaded = load_flow_from_entrypoint(str(REPO / deployment["entrypoint"]))
-    assert loaded.name == "retrain"
-    validated = loaded.validate_parameters(deployment["parameters"])
-    assert validated["workspace"] == deployment["work_pool"]["job_variables"]["working_dir"]
-    assert validated["pull"] and validated["push"] and validated["promote"]
-    assert all(s["cron"] for s in deployment["schedules"])
-
-
-def test_the_retrain_schedule_has_one_home_the_work_pool_deployment(tmp_path):
-    from pipelines import flows
-
-    config = yaml.safe_load((REPO / "infra/prefect/prefect.yaml").read_text())
-    weekly = next(d for d in config["deployments"] if d["name"] == "retrain-weekly")["schedules"][0]
-    assert flows.deployment_schedule("retrain-weekly", REPO) == (weekly["cron"], weekly["timezone"])
-    deployment = flows.retrain_deployment("retrain-weekly", *flows.deployment_schedule("retrain-weekly", REPO))
-    assert [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules] == [(weekly["cron"],
-                                                                                       weekly["timezone"])]
-    with pytest.raises(UserError, match="has no cron schedule: pass --cron"):
-        flows.deployment_schedule("no-such-deployment", REPO)
