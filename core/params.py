@@ -198,7 +198,7 @@ class TuneConfig:
     cache_dtype: str = one_of(*CACHE_DTYPES)  # storage of the cached backbone maps
     cpus_per_trial: float = above(0)
     gpus_per_trial: float = at_least(0)  # e.g. 0.5: two trials share a GPU
-    max_concurrent_trials: int | None = at_least(1)  # null: as many as the cluster's CPUs/GPUs fit
+    max_concurrent_trials: int | None = at_least(1)  # null: as many as the cluster fits; the rest wait (autoscaler demand)
     max_failures: int = at_least(MIN_MAX_FAILURES)  # retries of a crashed trial from its last checkpoint
     space: dict[str, dict[str, Any]]  # model name -> {dotted path: distribution}
 

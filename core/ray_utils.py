@@ -154,3 +154,16 @@ def cluster_cpus() -> int:
     import ray
 
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def autoscaling_pool(max_actors: int):
+    """An actor pool that starts working with its first actor and grows to `max_actors` while work
+    is queued and resources allow.
+
+    A fixed pool of N waits for its N actors; this one asks for more as it goes, and the actors
+    still waiting for resources are the demand an autoscaling cluster adds nodes for. N is the
+    stage's `num_actors` when set (set it on an autoscaling cluster), else what the cluster has now.
+    """
+    import ray.data
+
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(max_actors)))

@@ -153,7 +153,7 @@ def run(src: str, out: str, model: str, *, workspace: Path = Path("."), boxes_fi
     """Predict every image under `src`, write `out` (a .parquet path, local or s3://); returns a summary."""
     import ray
 
-    from core.ray_utils import cluster_cpus, ray_session
+    from core.ray_utils import autoscaling_pool, cluster_cpus, ray_session
     from core.storage import StorageSettings
     from pipelines.predict import load_model
 
@@ -179,7 +179,7 @@ def run(src: str, out: str, model: str, *, workspace: Path = Path("."), boxes_fi
         predicted = dataset.map_batches(
             BatchPredictor, fn_constructor_kwargs={"loaded": loaded_ref, "workspace": str(Path(workspace).resolve()),
                                                    "boxes": boxes},
-            batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+            batch_size=batch_size, batch_format="numpy", compute=autoscaling_pool(actors),
             num_cpus=1, udf_modifying_row_count=True)
         records = [json.loads(r) for batch in predicted.iter_batches(batch_format="numpy", batch_size=None)
                    for r in batch["record"]]

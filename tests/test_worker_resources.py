@@ -52,3 +52,19 @@ def test_a_worker_counts_the_cpus_of_its_own_node(ray_local):
         return _node_cpus()
 
     assert ray.get(cpus_here.remote()) == ray.cluster_resources()["CPU"] == 2.0  # the one-node test cluster
+
+
+def test_actor_pools_start_with_one_actor_and_may_grow_to_their_size():
+    from core.ray_utils import autoscaling_pool
+
+    pool = autoscaling_pool(6)
+    assert (pool.min_size, pool.max_size) == (1, 6)
+    assert (autoscaling_pool(0).min_size, autoscaling_pool(0).max_size) == (1, 1)
+
+
+def test_a_sweep_without_a_trial_limit_leaves_the_rest_pending_for_the_autoscaler():
+    from pipelines.sweep.reports import concurrency_text
+
+    assert concurrency_text({"max_concurrent_trials": 3, "fits_now": 2}) == "up to 3 at once"
+    assert concurrency_text({"max_concurrent_trials": None, "fits_now": 2}) == (
+        "as many at once as the cluster fits (2 when the sweep started)")

@@ -310,7 +310,7 @@ def _detect_in_process(frame, cfg: DetectConfig, data_root: Path) -> list[dict[s
 def _detect_with_ray(frame, cfg: DetectConfig, data_root: Path) -> list[dict[str, np.ndarray]]:
     import ray.data
 
-    from core.ray_utils import cluster_cpus
+    from core.ray_utils import autoscaling_pool, cluster_cpus
 
     n_batches = math.ceil(len(frame) / cfg.batch_size)
     n_actors = max(1, min(cluster_cpus(), n_batches))
@@ -320,7 +320,7 @@ def _detect_with_ray(frame, cfg: DetectConfig, data_root: Path) -> list[dict[str
         FaceBatchDetector,
         fn_constructor_kwargs={"detect_cfg": to_dict(cfg), "data_root": str(Path(data_root).resolve())},
         batch_size=cfg.batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=1,
+        compute=autoscaling_pool(n_actors), num_cpus=1,
         udf_modifying_row_count=False)
     return list(dataset.iter_batches(batch_format="numpy", batch_size=None))
 

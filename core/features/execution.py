@@ -34,7 +34,7 @@ def run_ray(frames: Sequence[pd.DataFrame], worker_kwargs: dict[str, Any], cfg: 
             sink: Callable[[dict], None]) -> dict[str, Any]:
     import ray
 
-    from core.ray_utils import cluster_cpus, cluster_gpus
+    from core.ray_utils import autoscaling_pool, cluster_cpus, cluster_gpus
 
     gpus = cluster_gpus()
     if gpus:
@@ -54,7 +54,7 @@ def run_ray(frames: Sequence[pd.DataFrame], worker_kwargs: dict[str, Any], cfg: 
         fn_constructor_kwargs=worker_kwargs,
         batch_size=cfg.batch_size,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors),
+        compute=autoscaling_pool(actors),
         udf_modifying_row_count=True,
         **resources,
     )

@@ -29,7 +29,7 @@ from pipelines.sweep.callbacks import (
     SweepProgress,
     SweepTracker,
 )
-from pipelines.sweep.reports import trial_rows, write_reports
+from pipelines.sweep.reports import concurrency_text, trial_rows, write_reports
 from pipelines.sweep.space import build_space, check_object_prefix, model_space
 from pipelines.sweep.trial import METRIC, MODE, trainable, trial_dirname
 
@@ -38,11 +38,12 @@ STATE_FILE = "sweep_last.json"
 DEFAULT_REPORT_DIR = DEFAULT_WORKSPACE.reports_dir
 
 
-def _concurrency(tune_cfg, use_gpu: bool) -> int:
+def _fits_now(tune_cfg, use_gpu: bool) -> int:
+    """How many trials the cluster fits as it is now (for the log and the report only: with
+    `tune.max_concurrent_trials: null` Tune keeps the rest pending, which is the demand an
+    autoscaling cluster grows on; sizing the limit from today's nodes would hide it)."""
     import ray
 
-    if tune_cfg.max_concurrent_trials:
-        return int(tune_cfg.max_concurrent_trials)
     resources = ray.cluster_resources()
     fits = [math.floor(resources.get("CPU", 1) / tune_cfg.cpus_per_trial)] if tune_cfg.cpus_per_trial > 0 else []
     if use_gpu and tune_cfg.gpus_per_trial > 0:
@@ -142,7 +143,8 @@ def _new_state(params_dict: dict[str, Any], paths: Workspace, *, samples: int | 
         "params": apply_overrides(params_dict, trial_overrides), "space_paths": list(space),
         "num_samples": tune_cfg.num_samples, "max_epochs": tune_cfg.max_epochs,
         "body_cache": None if cache is None else str(Path(cache["dir"]).resolve()),
-        "resources": resources, "max_concurrent_trials": _concurrency(tune_cfg, use_gpu),
+        "resources": resources, "max_concurrent_trials": tune_cfg.max_concurrent_trials,
+        "fits_now": _fits_now(tune_cfg, use_gpu),
         "metric_name": PRIMARY[task_of(params.data.kind)],
         "data": {"kind": params.data.kind, "root": str(paths.data_root), "persons": persons},
         "report_dir": str(Path(report_dir).resolve()),
@@ -244,7 +246,7 @@ def _start(params_dict: dict[str, Any], paths: Workspace, state_file: Path, *, t
     state_file.parent.mkdir(parents=True, exist_ok=True)
     state_file.write_text(json.dumps(state, indent=2))
     log(f"[sweep] {state['name']}: {state['num_samples']} trials x <= {state['max_epochs']} epochs, "
-        f"{state['max_concurrent_trials']} at once, {state['resources']} each")
+        f"{concurrency_text(state)}, {state['resources']} each")
     return state, params, _tuner(state, params, paths, build_space(params), callbacks)
 
 

@@ -57,6 +57,15 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     return node
 
 
+def concurrency_text(state: dict[str, Any]) -> str:
+    """'up to 3 at once', or 'as many at once as the cluster fits (2 now)'."""
+    limit = state.get("max_concurrent_trials")
+    if limit:
+        return f"up to {limit} at once"
+    fits = state.get("fits_now")
+    return "as many at once as the cluster fits" + (f" ({fits} when the sweep started)" if fits else "")
+
+
 def trial_rows(result_grid, space_paths: list[str], params: Params, max_epochs: int) -> list[dict[str, Any]]:
     """One row per trial: values, best val metric (and its epoch), epochs run, status."""
     rows = []
@@ -166,7 +175,8 @@ def write_reports(rows: list[dict[str, Any]], state: dict[str, Any], params: Par
         "data": state.get("data"), "frozen_backbone": state.get("body_cache") is not None,
         "body_cache": state.get("body_cache"),
         "num_samples": state["num_samples"], "max_epochs": state["max_epochs"],
-        "max_concurrent_trials": state["max_concurrent_trials"], "resources_per_trial": state["resources"],
+        "max_concurrent_trials": state["max_concurrent_trials"], "fits_now": state.get("fits_now"),
+        "resources_per_trial": state["resources"],
         "wall_seconds": round(wall_seconds, 1), "trials": counts,
         "best": {"trial_id": best["trial_id"], "val_metric": best["best_val_metric"], "epoch": best["best_epoch"],
                  "params": best_flat},
@@ -203,8 +213,8 @@ def _markdown(summary: dict[str, Any], state: dict[str, Any], params: Params, be
         f"{len(rows)} trials ({counts['completed']} completed, {counts['stopped early']} stopped early by ASHA, "
         f"{counts['error']} errored) in {summary['wall_seconds'] / 60:.1f} min wall time; searcher "
         f"{params.tune.searcher}, ASHA (max {scheduler['max_t']} epochs, grace {scheduler['grace_period']}, "
-        f"reduction factor {scheduler['reduction_factor']}), up to {state['max_concurrent_trials']} trials at "
-        f"once, {state['resources']} per trial; frozen backbone: {state.get('body_cache') is not None}.\n"
+        f"reduction factor {scheduler['reduction_factor']}), {concurrency_text(state)}, "
+        f"{state['resources']} per trial; frozen backbone: {state.get('body_cache') is not None}.\n"
         f"Metric: validation {metric_label} (best epoch of each trial).\n\n"
         f"## Best configuration ({metric_label} {best['val_metric']:.4f}, trial {best['trial_id']})\n\n"
         f"{compare}\n\nAdopt it: `{summary['adopt']}` (or merge `{best_file}`, next to this "
