@@ -78,3 +78,11 @@ def predict_loader(model, loader, device="cpu", with_attention: bool = False, wi
     if with_continuous:
         result += (None if any(c is None for c in continuous) else np.concatenate(continuous),)
     return result
+
+
+def bottom_up_people(package_or_model, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The people a model that finds them itself (`model.finds_people`, BENet) sees in `rgb`: (boxes [K,4] in
+    its pixels, detection scores [K], emotion scores [K,E] as predict_loader gives them); core/bottom_up.py."""
+    from core.bottom_up import bottom_up_people as found_by_the_model
+
+    return found_by_the_model(package_or_model, rgb)

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from core.workspace import DEFAULT_WORKSPACE
+from models.benet_config import BENetConfig
 from models.config import (
     CAERNetConfig,
     ConfigError,
@@ -146,12 +147,13 @@ class ModelParams:
     `compare.models` entry), so DVC reruns only the branches whose section changed.
     """
 
-    name: str  # rrla | kosti | caernet | sibnet | dagnet (models/registry.py)
+    name: str  # rrla | kosti | caernet | sibnet | dagnet | benet (models/registry.py)
     rrla: RRLAConfig
     kosti: KostiConfig
     caernet: CAERNetConfig
     sibnet: SIBNetConfig
     dagnet: DAGNetConfig
+    benet: BENetConfig
 
     def family(self, name: str | None = None) -> Any:
         """The typed config of family `name` (default: `model.name`)."""

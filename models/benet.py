@@ -79,6 +79,7 @@ from models.benet_config import HEADS, SECTION, VIEWS, BENetConfig, BENetDecodeC
 from models.benet_heads import ClassifierHead, DenseHead, PyramidBackbone
 from models.benet_losses import BENetLoss, map_stride, read_emotions
 from models.config import ConfigError, view_specs
+from models.registry import register_model
 
 __all__ = ["BENet", "BENetLoss", "BENetOutput", "build_benet", "build_benet_criterion", "decode_detections",
            "head_ids", "read_emotions"]
@@ -136,6 +137,13 @@ def decode_detections(scores: torch.Tensor, sizes: torch.Tensor, stride: tuple[f
 class BENet(nn.Module):
     embedding_dim = None  # holds no label embeddings
     predicts_vad = False
+    # What the pipeline reads off the family (core/data/image_dataset.py, core/bottom_up.py), so that no
+    # code outside models/ names it: it trains on whole images with all their people, each drawn for one
+    # head (not on one person per item); a person-level item gives it `person_box` in the pixels of its
+    # `image` view (validation, evaluation, `ctxemo predict --box`); and it finds people itself.
+    trains_on = "images"
+    box_view = "image"
+    finds_people = True
 
     def __init__(self, cfg: BENetConfig, *, num_classes: int, task: str, load_pretrained: bool = True) -> None:
         super().__init__()
@@ -264,6 +272,7 @@ def build_benet_criterion(cfg: BENetConfig, *, task: str, loss_name: str | None 
     return BENetLoss(cfg.loss)
 
 
+@register_model("benet", config=BENetConfig, criterion=build_benet_criterion)
 def build_benet(cfg: BENetConfig, *, num_classes: int, task: str, cooccurrence: np.ndarray | torch.Tensor | None = None,
                 label_embeddings: np.ndarray | torch.Tensor | None = None, load_pretrained: bool = True) -> BENet:
     """The registry's builder signature (models/registry.py); no label graph: the two are ignored."""

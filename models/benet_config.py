@@ -112,7 +112,11 @@ class BENetPreTransformConfig:
         key = f"{SECTION}.pre_transforms.probabilities"
         if not isinstance(self.probabilities, dict) or set(self.probabilities) != set(PRE_TRANSFORMS):
             got = sorted(self.probabilities) if isinstance(self.probabilities, dict) else self.probabilities
-            raise ConfigError(f"{key} must name exactly {sorted(PRE_TRANSFORMS)}, got {got!r}")
+            # a missing one is named as from_dict names every missing params key
+            named = set(got) if isinstance(got, list) else set()
+            missing = [f"{key}.{name}" for name in sorted(set(PRE_TRANSFORMS) - named)]
+            raise ConfigError(f"{'missing key(s) ' + str(missing) + ': ' if missing else ''}{key} must name exactly "
+                              f"{sorted(PRE_TRANSFORMS)}, got {got!r}")
         bad = {name: p for name, p in self.probabilities.items()
                if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1}
         if bad:

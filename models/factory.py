@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 # the built-in model families: importing one registers it
-from models import caernet, dagnet, kosti, rrla, sibnet  # noqa: F401
+from models import benet, caernet, dagnet, kosti, rrla, sibnet  # noqa: F401
 from models.config import ConfigError, to_dict
 from models.losses import LogitsCriterion, build_loss
 from models.registry import family_config, model_family, registered_models

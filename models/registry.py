@@ -13,6 +13,10 @@ A family is
   normalisation of each pixel view) and `predicts_vad`; its forward takes one mapping of
   input tensors (a view name, or for the `objects` view obj_feats/obj_boxes/obj_mask/
   person_box) and returns a models.output.ModelOutput;
+  optional class attributes say how the pipeline feeds it (absent: one annotated person per item):
+  `trains_on = "images"` (whole images with all their people, core/data/image_dataset.py),
+  `box_view` (the view in whose pixels forward reads `person_box` on person-level items) and
+  `finds_people` (it detects people itself, core/bottom_up.py); BENet sets all three;
 - `config`: the dataclass of its `model.<name>` params section;
 - `criterion` (optional): `(cfg, *, task, loss_name, label_freq, seed)` returning the module whose
   forward(output, batch) is the training loss; without one the family trains with

@@ -58,7 +58,7 @@ def test_every_model_trains_and_evaluates_on_emotic_data_into_one_tracked_table(
     from mlflow.tracking import MlflowClient
 
     params = tiny_workspace.params
-    assert set(params.compare.models) == {"rrla", "kosti", "caernet", "sibnet", "dagnet"}
+    assert set(params.compare.models) == {"rrla", "kosti", "caernet", "sibnet", "dagnet", "benet"}
     paths = compare_paths(tiny_workspace, "emotic")
     for name in params.compare.models:
         comparison.run_branch(params, name, paths)

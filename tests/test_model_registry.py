@@ -56,11 +56,26 @@ def tiny_batch(model, num_classes: int, task: str) -> dict[str, torch.Tensor]:
         size, grid = model.view_specs[name].size, model.view_specs[name].grid
         shape = (BATCH, grid * grid, 3, size, size) if name == "patches" else (BATCH, 3, size, size)
         batch[name] = torch.randn(*shape, generator=gen)
+    if getattr(model, "box_view", None):  # the person box in that view's pixels (BENet)
+        size = model.view_specs[model.box_view].size
+        batch["person_box"] = torch.tensor([[2.0, 3.0, 20.0, 30.0], [0.0, 0.0, size, size], [16.0, 8.0, 31.0, 31.0]])
     batch["target"] = ((torch.rand(BATCH, num_classes, generator=gen) < 0.3).float() if task == "multilabel"
                        else torch.tensor([0, num_classes - 1, 1]))
     batch["vad"] = torch.rand(BATCH, 3, generator=gen) * 9 + 1
     batch["has_vad"] = torch.tensor([True, False, True])
     return batch
+
+
+def image_batch(model, num_classes: int) -> dict[str, torch.Tensor]:
+    """What core/data/image_dataset.py yields a model that trains on whole images: one image per head."""
+    from models.benet_config import HEADS
+
+    gen = torch.Generator().manual_seed(1)
+    size = 64  # one image per head: the 1/32 map of a 32-pixel image is one cell, too few for BatchNorm
+    boxes = torch.tensor([[2.0, 3.0, 20.0, 30.0], [16.0, 8.0, 31.0, 31.0]]).expand(len(HEADS), 2, 4).clone()
+    return {"image": torch.randn(len(HEADS), 3, size, size, generator=gen), "head": torch.arange(len(HEADS)),
+            "boxes": boxes, "labels": (torch.rand(len(HEADS), 2, num_classes, generator=gen) < 0.3).float(),
+            "num_people": torch.tensor([2, 2, 1, 1]), "index": torch.arange(len(HEADS))}
 
 
 def test_the_registry_holds_the_flagship_and_the_baselines():
@@ -75,7 +90,8 @@ def test_every_registered_model_has_a_params_section_and_declares_known_views(na
     pixel_views = {v for v in model.views if v != "objects"}
     assert set(model.view_specs) == pixel_views
     batch = tiny_batch(model, 26, "multilabel")
-    assert set(model_inputs(model, batch)) == set(input_keys(model.views))
+    located = ("person_box",) if getattr(model, "box_view", None) else ()
+    assert set(model_inputs(model, batch)) == set(input_keys(model.views) + located)
 
 
 @pytest.mark.parametrize("task,num_classes", TASKS)
@@ -89,7 +105,13 @@ def test_every_registered_model_builds_trains_and_round_trips(name, task, num_cl
         assert output.continuous.shape == (BATCH, 3)
 
     criterion = build_criterion(model, repo_params().train.loss, np.full(num_classes, 0.1))
-    loss = criterion(output, batch)
+    if getattr(model, "trains_on", "persons") == "images":  # its training batch is whole images
+        model.zero_grad(set_to_none=True)
+        batch_images = image_batch(model, num_classes)
+        output = model(model_inputs(model, batch_images))
+        loss = criterion(output, batch_images)
+    else:
+        loss = criterion(output, batch)
     assert loss.dim() == 0 and torch.isfinite(loss)
     loss.backward()
     without_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]

@@ -130,8 +130,8 @@ def test_unknown_model_name_is_an_error_naming_it(repo_params_dict):
 
 
 def test_unknown_compare_model_is_an_error_naming_it(repo_params_dict):
-    repo_params_dict["compare"]["models"] = ["rrla", "kosti", "benet"]
-    with pytest.raises(ConfigError, match=r"unknown model 'benet'"):
+    repo_params_dict["compare"]["models"] = ["rrla", "kosti", "emonet"]
+    with pytest.raises(ConfigError, match=r"unknown model 'emonet'"):
         params_from_dict(repo_params_dict)
 
 

@@ -8,6 +8,8 @@ and `view_specs`, models/registry.py) and nothing model-specific besides:
   images are decoded in the DataLoader workers;
 - the `objects` view becomes obj_feats / obj_boxes / obj_mask (the objects stage's top-N,
   memory-mapped, never loaded whole) and person_box;
+- a model that reads the person's box in the pixels of one of its views (`box_view`, BENet's
+  `image`) gets `person_box` [4] scaled from the photo to that view's S x S pixels (`boxes_in_view`);
 - always `target` (multi-hot [C] or a class id) and `index`; with `with_vad`, `vad` [3] (zeros
   when unknown) and `has_vad`.
 
@@ -45,6 +47,7 @@ IMAGENET_MEAN = np.array(NORMALISATIONS["imagenet"][0], dtype=np.float32)
 IMAGENET_STD = np.array(NORMALISATIONS["imagenet"][1], dtype=np.float32)
 OBJECT_KEYS = ("obj_feats", "obj_boxes", "obj_mask", "person_box")
 FACE_VIEWS = frozenset({"face", "image_face_masked"})
+LOCATING_KEYS = ("person_box", "head")  # what model_inputs adds for box_view / image-trained models
 
 
 def open_rgb(path: Path) -> Image.Image:
@@ -71,6 +74,16 @@ def view_tensor(name: str, rgb: np.ndarray, spec: ViewSpec, *, body_box: Sequenc
     return torch.from_numpy(V.normalise(pixels, spec))
 
 
+def boxes_in_view(boxes: Any, image_size: Sequence[int], spec: ViewSpec) -> torch.Tensor:
+    """A photo's boxes [N,4] (or one box [4]: the result is [4]) in the pixels of a whole-image view resized
+    to spec.size x spec.size as `V.normalise` resizes it (each axis on its own); `image_size`: (height, width)."""
+    from core.data.subject_transforms import resize_boxes
+
+    boxes = np.asarray(boxes, np.float32)
+    scaled = resize_boxes(boxes, image_size, (spec.size, spec.size))
+    return torch.from_numpy(scaled.reshape(boxes.shape))
+
+
 def multi_hot(labels: Any, num_classes: int) -> np.ndarray:
     target = np.zeros(num_classes, dtype=np.float32)
     target[np.asarray(list(labels), dtype=np.int64)] = 1.0
@@ -95,7 +108,8 @@ class PersonDataset(Dataset):
     def __init__(self, manifest: pd.DataFrame, data_root: str | Path, *, num_classes: int, task: str,
                  views: Sequence[str], view_specs: Mapping[str, ViewSpec], objects_dir: str | Path | None = None,
                  max_objects: int | None = None, face_boxes: Sequence[Any] | None = None,
-                 cached: Mapping[str, str | Path] | None = None, with_vad: bool = False):
+                 cached: Mapping[str, str | Path] | None = None, with_vad: bool = False,
+                 box_view: str | None = None):
         unknown = [name for name in views if name not in V.VIEWS]
         if unknown:
             raise UserError(f"unknown input view(s) {unknown}; views: {list(V.VIEWS)}")
@@ -105,6 +119,11 @@ class PersonDataset(Dataset):
         if missing:
             raise UserError(f"no size/normalisation for view(s) {missing}")
         self.view_specs = {name: view_specs[name] for name in self.pixel_views}
+        if box_view is not None and (box_view not in self.pixel_views or "objects" in self.views
+                                     or box_view in (cached or {})):
+            raise UserError(f"box_view {box_view!r}: the person box is scaled into a decoded pixel view of a "
+                            f"model without the objects view (views {list(self.views)})")
+        self.box_view = box_view
         self.data_root = Path(data_root)
         self.sample_ids = manifest["sample_id"].tolist()
         self.image_paths = manifest["image_path"].tolist()
@@ -196,6 +215,8 @@ class PersonDataset(Dataset):
             item["obj_boxes"] = torch.from_numpy(np.array(boxes, dtype=np.float32))
             item["obj_mask"] = torch.from_numpy(np.array(mask, dtype=bool))
             item["person_box"] = torch.from_numpy(self.person_boxes[index].copy())
+        if self.box_view is not None:
+            item["person_box"] = boxes_in_view(self.person_boxes[index], rgb.shape[:2], self.view_specs[self.box_view])
         labels = self.labels[index]
         if self.task == "multiclass":
             item["target"] = torch.tensor(labels[0], dtype=torch.long)
@@ -221,4 +242,8 @@ def model_inputs(model, batch: Mapping[str, torch.Tensor], device: torch.device 
     frozen, the cached tensors it reads instead of running them), moved to `device`."""
     inner = model.module if hasattr(model, "module") else model
     keys = input_keys(inner.views) + frozen_keys(inner)
+    if getattr(inner, "box_view", None) or getattr(inner, "trains_on", "persons") == "images":
+        # person-level items carry person_box (in the box_view's pixels); image-level training items
+        # (core/data/image_dataset.py) carry the head each image is routed to
+        keys += tuple(key for key in LOCATING_KEYS if key in batch and key not in keys)
     return {key: batch[key].to(device, non_blocking=True) for key in keys}

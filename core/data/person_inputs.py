@@ -67,6 +67,7 @@ def split_dataset(model, split: str, paths: Workspace, *, kind: str,
         view_specs=model.view_specs,
         objects_dir=Path(paths.objects_dir) / split if "objects" in model.views else None,
         face_boxes=face_boxes, cached=cached, with_vad=bool(getattr(model, "predicts_vad", False)),
+        box_view=getattr(model, "box_view", None),
     )
 
 

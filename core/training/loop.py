@@ -31,7 +31,10 @@ PRIMARY = {"multilabel": "val_map", "multiclass": "val_accuracy"}
 
 
 def _datasets(model, params: Params, paths: Workspace, body_cache: str | None = None):
-    """Train and val datasets holding exactly the inputs `model` reads."""
+    """Train and val datasets holding exactly the inputs `model` reads. A model that trains on whole
+    images (`trains_on = "images"`, BENet) trains on core/data/image_dataset.py's items and is still
+    validated per annotated person, as every model is scored."""
+    from core.data.image_dataset import image_split_dataset, trains_on_images
     from core.data.person_inputs import split_dataset
     from core.training.body_cache import split_files
 
@@ -39,7 +42,8 @@ def _datasets(model, params: Params, paths: Workspace, body_cache: str | None = 
         cached = None if body_cache is None else split_files(body_cache, split, model.frozen_inputs())
         return split_dataset(model, split, paths, kind=params.data.kind, cached=cached)
 
-    return make("train"), make("val")
+    train = image_split_dataset(model, "train", paths, seed=params.seed) if trains_on_images(model) else make("train")
+    return train, make("val")
 
 
 def _loader(dataset, params: Params, *, shuffle: bool, world: int, rank: int):
@@ -48,6 +52,10 @@ def _loader(dataset, params: Params, *, shuffle: bool, world: int, rank: int):
 
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle,
                                  seed=params.seed, drop_last=False)
+    if getattr(dataset, "draws_per_epoch", False):  # items drawn anew each epoch (core/data/image_dataset.py)
+        from core.data.image_dataset import EpochSampler
+
+        sampler = EpochSampler(sampler)
     workers = params.train.loader_workers
     # A last training batch of one sample would break BatchNorm1d (Kosti's fusion layer): drop
     # exactly that one; every other epoch length is kept as is.
@@ -176,7 +184,13 @@ class EpochLoop:
 
     def prepare(self) -> None:
         """Move/wrap the model for its device and process group (DDP under Ray Train)."""
-        self.model = self._wrap(self.model) if self._wrap else self.model.to(self.device)
+        from core.data.image_dataset import trains_on_images
+
+        if self._wrap and self.world > 1 and trains_on_images(self.model):
+            # each image trains one head: the others' parameters get no gradient in that step
+            self.model = self._wrap(self.model, parallel_strategy_kwargs={"find_unused_parameters": True})
+        else:
+            self.model = self._wrap(self.model) if self._wrap else self.model.to(self.device)
 
     def epoch_samples(self) -> int:
         """Training samples of one epoch over all workers: DistributedSampler gives every rank the
@@ -202,17 +216,17 @@ class EpochLoop:
                 set_learning_rates(self.optimizer, (epoch + step / steps_per_epoch) / total_epochs,
                                    self.params.train.lr_steps, self.params.train.lr_gamma)
             batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
-            target = batch["target"]
+            count = len(batch["index"])  # persons, or images for a model trained on images
             loss = self.loss_fn(self.model(model_inputs(self.model, batch, self.device)), batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.optimizer.step()
-            seen += len(target)
-            loss_sum += float(loss.detach()) * len(target)
+            seen += count
+            loss_sum += float(loss.detach()) * count
             if progress is not None:
-                progress.update(len(target) * self.world)
+                progress.update(count * self.world)
         train_seconds = time.perf_counter() - started
         if self.params.train.precise_bn:
             recompute_batchnorm_statistics(self.model, self.train_loader, self.device)
