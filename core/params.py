@@ -43,6 +43,7 @@ SCHEDULING_KEYS = frozenset({
     "detect.batch_size", "detect.ray_min_images",
     "objects.batch_size", "objects.num_actors", "objects.shard_size", "objects.engine", "objects.ray_min_images",
     "objects.ray_min_cpus",
+    "people.detect_batch_size",
     "train.num_workers", "train.use_gpu", "train.loader_workers", "train.max_failures", "train.cpus_per_worker",
 })
 
@@ -53,6 +54,7 @@ FACE_DETECTORS = ("mtcnn", "haar")  # core/detection/faces.py
 OBJECT_BOXES = ("dataset", "detector")
 OBJECT_DETECTORS = ("fasterrcnn_resnet50_fpn",)  # core/features/objects.py
 OBJECT_ENGINES = ("auto", "ray", "local")  # core/features/execution.py
+PERSON_DETECTORS = ("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_resnet50_fpn")  # core/detection/person_detector.py
 EMBEDDING_SOURCES = ("glove6b50", "glove_file")  # core/graph/embeddings.py
 OPTIMIZERS = ("sgd", "adam", "adamw")
 TRAIN_LOSSES = ("weighted_mse", "bce", "focal", "cross_entropy")  # models/losses.py
@@ -106,6 +108,26 @@ class ObjectsConfig:
     engine: str = one_of(*OBJECT_ENGINES)  # auto | ray | local (core/features/execution.py choose_engine)
     ray_min_images: int = at_least(0)  # engine auto: fewer images to compute run in-process
     ray_min_cpus: int = at_least(1)  # engine auto: without a cluster or a GPU, Ray Data from this many CPUs
+
+
+@dataclass(frozen=True)
+class PeopleConfig:
+    """`people`: the person detector trained on the train split's boxes (core/detection/person_detector.py)."""
+
+    detector: str = one_of(*PERSON_DETECTORS)
+    weights: str | None  # null: COCO enum if cached, else random init; or a local state_dict file
+    epochs: int = at_least(1)
+    batch_size: int = at_least(1)
+    lr: float = above(0)
+    weight_decay: float = at_least(0)
+    hflip: bool
+    min_size: int = at_least(1)
+    max_size: int = at_least(1)
+    rpn_proposals: int = at_least(1)
+    rois_per_image: int = at_least(1)
+    score_threshold: float = within(0, 1)
+    max_detections: int = at_least(1)
+    detect_batch_size: int = at_least(1)
 
 
 @dataclass(frozen=True)
@@ -212,6 +234,7 @@ class Params:
     synth: SynthConfig
     detect: DetectConfig
     objects: ObjectsConfig
+    people: PeopleConfig
     embeddings: EmbeddingsConfig
     model: ModelParams
     train: TrainConfig

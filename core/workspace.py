@@ -25,6 +25,7 @@ LAYOUT: dict[str, str] = {
     "labels_json": "data/labels.json",           # ingest: ordered class names
     "detections_dir": "data/detections",         # detect: <split>.parquet face boxes
     "objects_dir": "data/objects",               # objects: <split>/ features, boxes, index, meta
+    "people_dir": "data/people",                 # people: <split>.parquet detected person boxes, detector.pt
     "graph_dir": "data/graph",                   # cooccurrence + embeddings
     "body_cache_root": "data/cache/body",        # train.frozen_backbone / tune.frozen_backbone maps
     "model_dir": "artifacts/model",              # train: the best checkpoint
@@ -36,6 +37,7 @@ LAYOUT: dict[str, str] = {
     "details_file": "reports/metrics_per_class.json",  # evaluate: per-class figures (not a DVC metric)
     "plots_dir": "reports/plots",                # evaluate: DVC plots
     "ingest_metrics": "reports/ingest.json",     # ingest: counts as DVC metrics
+    "people_report": "reports/people.json",      # people: detector AP vs random boxes (DVC metrics)
     "compare_dir": "artifacts/compare",          # compare: <model>/ its model, thresholds, per-class figures, plots
     "compare_metrics_dir": "reports/compare",    # compare: <model>.json, one row of the table (DVC metrics)
     "compare_table": "reports/compare.md",       # compare_report: the table (and compare.json beside it)
@@ -53,6 +55,7 @@ class Workspace:
     labels_json: Path
     detections_dir: Path
     objects_dir: Path                           # its resumable shards sit beside it, in <objects_dir>.shards
+    people_dir: Path
     graph_dir: Path
     body_cache_root: Path
     model_dir: Path
@@ -64,6 +67,7 @@ class Workspace:
     details_file: Path
     plots_dir: Path
     ingest_metrics: Path
+    people_report: Path
     compare_dir: Path
     compare_metrics_dir: Path
     compare_table: Path

@@ -19,7 +19,7 @@ from core.workspace import DEFAULT_WORKSPACE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 
-STAGES = ("ingest", "detect", "objects", "cooccurrence", "embeddings", "train", "evaluate")
+STAGES = ("ingest", "detect", "objects", "people", "cooccurrence", "embeddings", "train", "evaluate")
 
 
 def _fail(message: str) -> None:

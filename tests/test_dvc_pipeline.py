@@ -143,7 +143,7 @@ def test_repro_runs_everything_then_nothing_and_a_model_change_touches_only_trai
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     models = yaml.safe_load((root / "params.yaml").read_text())["compare"]["models"]
-    for stage in [*PIPELINE, *(f"compare@{m}" for m in models), "compare_report"]:
+    for stage in [*PIPELINE, "people", *(f"compare@{m}" for m in models), "compare_report"]:
         assert f"Running stage '{stage}'" in first.stdout, stage
     metrics = json.loads((root / "reports/metrics.json").read_text())
     assert 0.0 <= metrics["mAP"] <= 1.0 and metrics["task"] == "multilabel"
@@ -181,7 +181,7 @@ def test_scheduling_settings_are_not_dvc_params_and_every_other_key_is():
 
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
     params = read_yaml(REPO / "params.yaml")
-    readers = {"detect": ["detect"], "objects": ["objects"], "train": ["train", "compare"]}
+    readers = {"detect": ["detect"], "objects": ["objects"], "people": ["people"], "train": ["train", "compare"]}
     for section, stages in readers.items():
         for stage in stages:
             tracked = set(spec["stages"][stage]["params"])

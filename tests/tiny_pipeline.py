@@ -1,8 +1,8 @@
 """A tiny, real pipeline workspace for tests: generated data through every data stage.
 
-Built once per test session (about 20 s): synth -> ingest -> objects (dataset boxes,
-seeded random extractor) -> detect (faces) -> cooccurrence -> embeddings, with params.yaml shrunk so
-that a training epoch takes a second or two on one CPU.
+Built once per test session (about 20 s): synth -> ingest -> objects (dataset boxes, seeded
+random extractor) -> detect (faces) -> people (a person detector, one epoch) -> cooccurrence ->
+embeddings, with params.yaml shrunk so that a training epoch takes a second or two on one CPU.
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from core.params import Params, params_from_dict, read_yaml
 TINY_OVERRIDES: dict[str, dict[str, Any]] = {
     "synth": {"images": 16},
     "objects": {"top_n": 4, "image_size": 96, "shard_size": 8, "batch_size": 4, "allow_random_weights": True},
+    "people": {"epochs": 1, "batch_size": 4, "min_size": 64, "max_size": 96, "rpn_proposals": 50,
+               "rois_per_image": 32},
     "model": {
         "rrla": {
             "views": {"body": {"size": 32, "norm": "imagenet"}, "face": {"size": 32, "norm": "imagenet"}},
@@ -97,7 +99,7 @@ class TinyWorkspace:
 
 def build(root: Path, fmt: str = "emotic") -> TinyWorkspace:
     from core.data import ingest
-    from core.detection import faces
+    from core.detection import faces, person_detector
     from core.features import objects
     from core.graph import cooccurrence, embeddings
     from core.synth import generate
@@ -110,6 +112,8 @@ def build(root: Path, fmt: str = "emotic") -> TinyWorkspace:
     objects.run(params, out_dir=data / "objects", manifest_dir=data / "manifest",
                 shard_root=root / "object_shards", engine="local", log=lambda _: None)
     faces.run(params.detect, root / "raw", manifest_dir=data / "manifest", out_dir=data / "detections")
+    person_detector.run(params.people, params.seed, root / "raw", manifest_dir=data / "manifest",
+                        out_dir=data / "people", report_path=root / "reports" / "people.json", log=lambda _: None)
     cooccurrence.run(data / "manifest", data / "labels.json", data / "graph")
     embeddings.run(params.embeddings, data / "labels.json", data / "graph", seed=params.seed)
     return TinyWorkspace(root=root, params_dict=params_dict)

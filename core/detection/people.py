@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from core.data.images import as_rgb_array
+from core.detection import coco_weights
 from core.errors import UserError
 
 DEFAULT_DETECTOR = "fasterrcnn_resnet50_fpn"
@@ -24,24 +25,6 @@ DEFAULT_DETECTOR = "fasterrcnn_resnet50_fpn"
 class PeopleFound(NamedTuple):
     people: list[tuple[list[float], float]]   # ([x1, y1, x2, y2], score), best first
     detector: str                             # e.g. "fasterrcnn_resnet50_fpn (COCO_V1, cached)" or "hog"
-
-
-def _cached_enum_weights(detector: str):
-    """The torchvision COCO weight enum of `detector` when its file is already in the torch hub
-    cache, else None: looking never downloads."""
-    import os
-    from urllib.parse import urlparse
-
-    import torch
-    from torchvision.models import get_model_weights
-
-    try:
-        weights = get_model_weights(detector).DEFAULT
-    except (ValueError, KeyError):
-        raise UserError(f"unknown torchvision detector {detector!r}") from None
-    filename = os.path.basename(urlparse(weights.url).path)
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    return weights if cached.is_file() else None
 
 
 @functools.lru_cache(maxsize=2)
@@ -71,7 +54,7 @@ def load_person_detector(detector: str, weights_file: str | None):
             raise UserError(f"{path} does not hold {detector} COCO weights: {first}") from None
         # COCO category ids as torchvision numbers them: 1 is person.
         return model.eval(), 1, f"{detector} ({path.name})"
-    weights = _cached_enum_weights(detector)
+    weights = coco_weights.cached_enum_weights(detector)
     if weights is None:
         return None
     model = get_model(detector, weights=weights)
@@ -105,17 +88,31 @@ def _hog_people(rgb: np.ndarray) -> list[tuple[list[float], float]]:
     return sorted(people, key=lambda p: -p[1])
 
 
+@functools.lru_cache(maxsize=2)
+def load_trained_person_detector(path: str):
+    """(model in eval mode, person class id, description) of the people stage's detector.pt (cached)."""
+    from core.detection.person_detector import load_trained_detector
+
+    model, meta = load_trained_detector(path)
+    return model, 1, f"{meta.get('detector', 'detector')} trained by the people stage ({path})"
+
+
 def find_people(image: Any, *, detector: str = DEFAULT_DETECTOR, weights: str | None = None,
-                score_threshold: float = 0.5) -> PeopleFound:
+                score_threshold: float = 0.5, trained: str | Path | None = None) -> PeopleFound:
     """People in a photo without annotated persons (inference on new photos).
 
-    Uses the Faster R-CNN `person` class when weights are available: `weights` a local file, or
-    (weights None) the torchvision COCO enum already in the torch hub cache; never downloads.
-    Otherwise OpenCV's HOG people detector (its SVM margins are not probabilities, so
-    `score_threshold` does not apply to it). `detector` in the result says which was used.
+    First choice, `trained`: the people stage's detector.pt (core/detection/person_detector.py), trained
+    on the data set's own person boxes (label 1 = person). Else the Faster R-CNN `person` class when
+    weights are available: `weights` a local file, or (weights None) the torchvision COCO enum already
+    in the torch hub cache; never downloads. Otherwise OpenCV's HOG people detector (its SVM margins
+    are not probabilities, so `score_threshold` does not apply to it). `detector` in the result says
+    which was used.
     """
     rgb = as_rgb_array(image)
-    loaded = load_person_detector(detector, None if weights is None else str(weights))
+    if trained is not None:
+        loaded = load_trained_person_detector(str(trained))
+    else:
+        loaded = load_person_detector(detector, None if weights is None else str(weights))
     if loaded is None:
         return PeopleFound(_hog_people(rgb), "hog")
     model, person_class, description = loaded
