@@ -16,6 +16,9 @@ accuracy on CAER-S) next to the label-frequency baseline (the majority class on 
 per-class AP (accuracy), parameters, training samples/s (the median over epochs after the
 first, whose figure includes start-up), inference ms per person (test split, one process,
 decoding included), VAD mean absolute error where a model predicts it, and face fallbacks.
+Beside the annotated-box metric, each row has the same metric on detected people (BENet's
+detection-aware protocol, core/evaluation/detection_aware.py): at IoU 0.50, 0.75 and the mean over
+0.50:0.95, with where the people came from and that detector's COCO person AP.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
+from core.evaluation import detection_aware
 from core.params import Params, params_to_dict
 from core.workspace import Workspace
 
@@ -87,12 +91,49 @@ def run_branch(params: Params, name: str, paths: Workspace, *, track: bool = Tru
         tags.update({PROTOCOL_TAG: protocol_key(params), "mlflow.parentRunId": parent_run(params, paths.root)})
     summary = trainer.run(model_params, branch, track=track, run_name=f"compare-{name}", tags=tags)
     results = evaluate.run(branch, batch_size=model_params.train.batch_size)
+    on_detections = evaluate_detected(branch)
     history = json.loads((Path(branch.train_report_dir) / "history.json").read_text())
-    row = table_row(name, results, summary, history)
+    row = {**table_row(name, results, summary, history), **detection_aware.headline(on_detections)}
     out = Path(paths.compare_metrics_dir) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(row, indent=2))
     return row
+
+
+def evaluate_detected(branch: Workspace) -> dict[str, Any]:
+    """The branch's model on detected people (core/evaluation/detection_aware.py), written beside its
+    per-class figures as `detection_aware.json`."""
+    from core.inference import load_model_package
+
+    package = load_model_package(branch.model_dir)
+    meta = Path(branch.objects_meta)
+    objects_meta = json.loads(meta.read_text()) if meta.is_file() else None
+    result = detection_aware.evaluate_on_detections(package, branch, split="test", objects_meta=objects_meta)
+    out = Path(branch.details_file).with_name("detection_aware.json")
+    out.write_text(json.dumps(result, indent=2))
+    _log_detected(branch, result, out)
+    return result
+
+
+def _log_detected(branch: Workspace, result: dict[str, Any], file: Path) -> None:
+    """The figures on detected people into the branch's MLflow run (beside evaluate's test_* metrics)."""
+    run_file = Path(branch.model_dir) / "mlflow_run.json"
+    if not run_file.is_file():  # trained with track=False
+        return
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from core import tracking
+
+    tracking.setup()
+    client, run_id = MlflowClient(), json.loads(run_file.read_text())["run_id"]
+    now = int(time.time() * 1000)
+    figures = {key: value for key, value in detection_aware.headline(result).items()
+               if isinstance(value, float)}
+    client.log_batch(run_id, metrics=[Metric(f"test_{key}", value, now, 0) for key, value in figures.items()])
+    client.log_artifact(run_id, str(file), artifact_path="evaluation")
 
 
 def table_row(name: str, results: dict[str, Any], summary: dict[str, Any], history: list[dict]) -> dict[str, Any]:
@@ -159,6 +200,20 @@ def _epoch(row: dict[str, Any]) -> str:
     return f"{row['best_epoch'] + 1}/{row['epochs']}" if row.get("epochs") else str(row["best_epoch"] + 1)
 
 
+def _detected(row: dict[str, Any], metric: str) -> str:
+    """The metric on detected people at IoU .50 and .75 and the mean over .50:.95 (– before the protocol)."""
+    keys = (f"det_{metric}_50", f"det_{metric}_75", f"det_{metric}")
+    if not any(key in row for key in keys):
+        return "–"
+    return " / ".join(_cell(row.get(key)) for key in keys)
+
+
+def _people(row: dict[str, Any]) -> str:
+    if "people_source" not in row:
+        return "–"
+    return f"{row['people_source']} ({_cell(row.get('people_AP'), 3)})"
+
+
 def markdown(table: dict[str, Any]) -> str:
     rows = table["rows"]
     if not rows:
@@ -166,15 +221,22 @@ def markdown(table: dict[str, Any]) -> str:
     metric = rows[0]["metric"]
     baseline_name = "label-frequency baseline" if metric == "mAP" else "majority class"
     vad = any("mae_vad" in row for row in rows)
-    header = ["model", f"test {metric}", baseline_name, "beats it", "parameters", "train samples/s",
-              "inference ms/person", "best epoch"] + (["VAD MAE (V/A/D)"] if vad else [])
+    header = ["model", f"test {metric}", baseline_name, "beats it",
+              f"{metric} on detected people @.50 / @.75 / .50:.95", "people from (person AP)", "parameters",
+              "train samples/s", "inference ms/person", "best epoch"] + (["VAD MAE (V/A/D)"] if vad else [])
     lines = [f"# Model comparison: {table['dataset']} ({table['data_root']}), seed {table['seed']}", "",
              ("Every model trained and evaluated by the same stages on the same split "
               "(`ctxemo compare`, dvc.yaml's compare matrix)."), "",
+             (f"`test {metric}` scores the annotated person boxes. The detection-aware columns (BENet's protocol, "
+              "core/evaluation/detection_aware.py) score the people a detector found instead: BENet its own "
+              "detections, every other model the person detector stage's boxes (`dvc repro people`); a detection "
+              "is matched to an annotated person by COCOeval at each IoU threshold, and a person nobody "
+              "detected scores zero. `people from` gives the detector and its COCO person AP (.50:.95) on the "
+              "test split."), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["model"], _cell(row["test"]), _cell(row["baseline"]), "yes" if row["beats_baseline"] else "NO",
-                 f"{row['parameters'] / 1e6:.2f} M", _cell(row["train_samples_per_s"], 1),
+                 _detected(row, metric), _people(row), f"{row['parameters'] / 1e6:.2f} M", _cell(row["train_samples_per_s"], 1),
                  _cell(row["inference_ms_per_person"], 1), _epoch(row)]
         if vad:
             cells.append("–" if "mae_vad" not in row else

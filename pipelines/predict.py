@@ -12,8 +12,10 @@ with it; thresholds come from its run's evaluation. Any other model (an older ct
 `mlflow.pytorch` module) is refused in one line, never unpickled.
 
 Every number is computed the way training computed it, by the same code:
-- people: the given boxes, else `core.detection.people.find_people` (Faster R-CNN person class with
-  local or cached weights, else OpenCV HOG);
+- people: the given boxes; else for a model that finds people itself (BENet) its own detections
+  (`core.bottom_up`); else `core.detection.people.find_people`: the people stage's detector trained on
+  the data set's person boxes (data/people/detector.pt, `dvc repro people`) when the workspace has it,
+  else a Faster R-CNN person class with local or cached COCO weights, else OpenCV HOG;
 - object boxes and features: `core.features.extractor.ObjectFeatureExtractor`, the objects stage's
   per-image path with the weights recorded in its meta.json (logged with the registered model).
   Boxes: with `objects.boxes: detector` the stage's own detector; with dataset boxes (the demo) the
@@ -287,101 +289,63 @@ class Predictor:
 
     def __init__(self, loaded: LoadedModel, workspace: Path = Path("."), people_score_threshold: float = 0.5,
                  data_set_images: bool = True):
-        from core.features.extractor import ObjectFeatureExtractor
-        from core.params import ObjectsConfig
-        from models.config import from_dict
+        from core.box_scoring import BoxScorer
 
         self.loaded = loaded
-        package = loaded.package
-        params = package.params
-        cfg = from_dict(ObjectsConfig, params["objects"])
+        params = loaded.package.params
         data_root = Path(params["data"]["root"])
         data_root = data_root if data_root.is_absolute() else Path(workspace) / data_root
-        self.objects = None  # only models reading the objects view need the extractor
-        if "objects" in package.model.views:
-            self.objects = ObjectFeatureExtractor(cfg, int(params["seed"]), loaded.objects_meta,
-                                                  data_root=data_root if data_set_images and data_root.is_dir()
-                                                  else None)
-        self.people_weights = cfg.weights if cfg.boxes == "detector" else None
+        self.scorer = BoxScorer(loaded.package, loaded.objects_meta,
+                                data_root if data_set_images and data_root.is_dir() else None)
+        objects = params["objects"]
+        self.people_weights = objects["weights"] if objects["boxes"] == "detector" else None
+        trained = Path(Workspace.at(workspace).people_dir) / "detector.pt"  # the people stage's, when run
+        self.people_detector = trained if trained.is_file() else None
         self.people_score_threshold = people_score_threshold
-        self._face_detector = None
 
     def find_people(self, rgb: np.ndarray) -> tuple[list[list[float]], list[float | None], str]:
         from core.detection.people import find_people
 
-        found = find_people(rgb, weights=self.people_weights, score_threshold=self.people_score_threshold)
+        found = find_people(rgb, weights=self.people_weights, score_threshold=self.people_score_threshold,
+                            trained=self.people_detector)
         return [p[0] for p in found.people], [p[1] for p in found.people], found.detector
 
     def predict(self, image: str | Path, boxes: Sequence[Sequence[float]] | None = None,
                 dataset_boxes=None) -> ImagePrediction:
-        import torch
-
-        from core.data.dataset import FACE_VIEWS, open_rgb, view_tensor
         from core.data.images import load_rgb
-        from core.inference import predict_loader
 
         image = Path(image)
         rgb = load_rgb(image)  # also turns a missing or broken file into a clear error
+        if boxes is None and getattr(self.loaded.package.model, "finds_people", False):
+            return self._bottom_up(image, rgb)
         if boxes is None:
             boxes, detection_scores, people_source = self.find_people(rgb)
         else:
             detection_scores, people_source = [None] * len(boxes), "given"
         if len(boxes) == 0:
             return ImagePrediction(str(image), [], people_source, "not needed: nobody found")
-        # float32 like the manifest's person_box, so crops and geometry round exactly as in training
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).tolist()
-        model = self.loaded.package.model
-        # The item PersonDataset.__getitem__ builds, from the same pieces (core/data/dataset.py).
-        batch: dict[str, Any] = {"index": torch.arange(len(boxes))}
-        context, objects_source = None, "not read by this model"
-        if "objects" in model.views:
-            context = self.objects.extract(rgb, boxes, image_path=image, dataset_boxes=dataset_boxes)
-            objects_source = context.source
-            top_n = self.objects.top_n
-            batch.update({  # stored float16 features, float32 boxes, the first `count` objects valid
-                "obj_feats": torch.from_numpy(np.stack([p.features for p in context.people]).astype(np.float16)),
-                "obj_boxes": torch.from_numpy(np.stack([p.boxes for p in context.people]).astype(np.float32)),
-                "obj_mask": torch.from_numpy(np.stack([np.arange(top_n) < p.count for p in context.people])),
-                "person_box": torch.tensor(np.asarray(boxes, dtype=np.float32)),
-            })
-        pixels = np.asarray(open_rgb(image))
-        pixel_views = [name for name in model.views if name != "objects"]
-        faces = self._faces(pixels, boxes) if FACE_VIEWS & set(pixel_views) else [None] * len(boxes)
-        for name in pixel_views:
-            batch[name] = torch.stack([
-                view_tensor(name, pixels, model.view_specs[name], body_box=box,
-                            face_box=None if faces[i] is None else faces[i]["box"], people_boxes=boxes)
-                for i, box in enumerate(boxes)])
-        _, scores, attention, continuous = predict_loader(model, [batch], with_attention=True, with_continuous=True)
+        scored = self.scorer.score(image, rgb, boxes, dataset_boxes=dataset_boxes)
         people = []
         for i, box in enumerate(boxes):
-            top = ([] if context is None or attention is None else
-                   _top_objects(context, i, attention[i], attention.shape[-1]))
+            top = ([] if scored.context is None or scored.attention is None else
+                   _top_objects(scored.context, i, scored.attention[i], scored.attention.shape[-1]))
             people.append(PersonPrediction(
-                box=list(box), box_source=people_source, detection_score=detection_scores[i], scores=scores[i],
-                predicted=self._predicted(scores[i]), top_objects=top, face=faces[i],
-                vad=None if continuous is None else [round(float(v), 3) for v in continuous[i]],
+                box=list(box), box_source=people_source, detection_score=detection_scores[i],
+                scores=scored.scores[i], predicted=self._predicted(scored.scores[i]), top_objects=top,
+                face=scored.faces[i],
+                vad=None if scored.continuous is None else [round(float(v), 3) for v in scored.continuous[i]],
             ))
-        return ImagePrediction(str(image), people, people_source, objects_source)
+        return ImagePrediction(str(image), people, people_source, scored.objects_source)
 
-    def _faces(self, pixels: np.ndarray, boxes: list[list[float]]) -> list[dict[str, Any]]:
-        """Each person's face box, as the detect stage finds it, else the documented fallback."""
-        from core.data.views import face_box_or_fallback
-        from core.detection.faces import WHOLE_FRAME_DATASETS, build_face_detector, faces_for_people
-        from core.params import DetectConfig
-        from models.config import from_dict
+    def _bottom_up(self, image: Path, rgb: np.ndarray) -> ImagePrediction:
+        """The people a `finds_people` model detects, with the emotions it reads at their centres (one pass)."""
+        from core.bottom_up import bottom_up_people
 
-        params = self.loaded.package.params
-        if self._face_detector is None:
-            self._face_detector = build_face_detector(from_dict(DetectConfig, params["detect"]))
-        whole_frame = params["data"]["kind"] in WHOLE_FRAME_DATASETS
-        found = faces_for_people(pixels, boxes, self._face_detector, whole_frame=whole_frame)
-        out = []
-        for result, box in zip(found, boxes):
-            face, fallback = face_box_or_fallback(result.face_box, box)
-            out.append({"box": [round(v, 2) for v in face],
-                        "source": "fallback: no face found, top of the person box" if fallback else "detected"})
-        return out
+        source, found = self.loaded.package.model.family, zip(*bottom_up_people(self.loaded.package, rgb))
+        people = [PersonPrediction([float(v) for v in box], source, round(float(score), 4), emotions,
+                                   self._predicted(emotions)) for box, score, emotions in found]
+        return ImagePrediction(str(image), people, source, "not read by this model")
 
     def _predicted(self, scores: np.ndarray) -> list[str] | None:
         package = self.loaded.package

@@ -22,6 +22,13 @@ def check_rows_against_the_branches(params, paths, table):
     for row in table["rows"]:
         branch = comparison.branch_workspace(paths, row["model"])
         results = json.loads(Path(branch.details_file).read_text())
+        on_detections = json.loads(Path(branch.details_file).with_name("detection_aware.json").read_text())
+        metric = row["metric"]
+        assert row[f"det_{metric}"] == on_detections[f"{metric}_mean"]
+        assert len(on_detections[f"{metric}_per_threshold"]) == 10 and on_detections["num_persons"] == results["num_examples"]
+        assert all(0.0 <= value <= 1.0 for value in on_detections[f"{metric}_per_threshold"])
+        expected_source = "its own detections" if row["model"] == "benet" else "trained on the train split"
+        assert expected_source in row["people_source"]
         assert row["test"] == results[row["metric"]] and row["baseline"] == results["baseline_" + row["metric"]]
         assert row["beats_baseline"] == (row["test"] > row["baseline"])
         assert row["parameters"] > 0 and row["train_samples_per_s"] > 0 and row["inference_ms_per_person"] > 0
@@ -110,8 +117,11 @@ def test_the_markdown_table_shows_every_row_and_flags_a_model_below_the_baseline
             {"model": "b", "metric": "mAP", "test": 0.1, "baseline": 0.14, "beats_baseline": False,
              "parameters": 1_000_000, "train_samples_per_s": 40.0, "inference_ms_per_person": 5.0, "best_epoch": 0,
              "mae_valence": 1.0, "mae_arousal": 2.0, "mae_dominance": 3.0, "mae_vad": 2.0}]
+    rows[0].update({"det_mAP_50": 0.25, "det_mAP_75": 0.2, "det_mAP": 0.18, "people_source": "frcnn",
+                    "people_AP": 0.54})
     text = comparison.markdown({"dataset": "emotic", "data_root": "d", "seed": 0, "rows": rows,
                                 "per_class": {"a": {"Joy": 0.5}, "b": {"Joy": None}}})
-    assert "| a | 0.3000 | 0.1400 | yes | 2.50 M | 20.0 | 12.5 | 4/5 | – |" in text
-    assert "| b | 0.1000 | 0.1400 | NO | 1.00 M | 40.0 | 5.0 | 1 | 1.00/2.00/3.00 |" in text
+    assert "| a | 0.3000 | 0.1400 | yes | 0.2500 / 0.2000 / 0.1800 | frcnn (0.540) | 2.50 M | 20.0 | 12.5 | 4/5 | – |" in text
+    # a row written before the detection-aware protocol existed shows dashes, not an error
+    assert "| b | 0.1000 | 0.1400 | NO | – | – | 1.00 M | 40.0 | 5.0 | 1 | 1.00/2.00/3.00 |" in text
     assert "| Joy | 0.500 | – |" in text

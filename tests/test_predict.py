@@ -117,7 +117,10 @@ def test_people_are_detected_when_no_box_is_given(champion, predictor):
 
     manifest = read_manifest("test", champion["eval_paths"].manifest_dir)
     image = champion["eval_paths"].data_root / manifest.iloc[0]["image_path"]
-    found = find_people(load_rgb(image))
+    # the workspace ran the people stage: its detector, trained on the data set's boxes, finds them
+    assert predictor.people_detector == Path(champion["eval_paths"].people_dir) / "detector.pt"
+    found = find_people(load_rgb(image), trained=predictor.people_detector)
+    assert "trained by the people stage" in found.detector
     result = predictor.predict(image)
     assert result.people_source == found.detector
     assert [p.box for p in result.people] == [np.float32(b).tolist() for b, _ in found.people]
