@@ -48,7 +48,7 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
                   "dense": {"blocks": 1, "deconv_channels": 8, "deconv_kernel": 4},
                   "classifier": {"channels": [8, 8, 8, 8], "final_channels": 16, "hidden": None},
                   "decode": {"resolution": "both", "top_k": 5, "threshold": 0.0, "nms_kernel": 3},
-                  "train": {"batch_size": 8}},
+                  "train": {"epochs": 2, "batch_size": 8}},
     },
     "train": {"epochs": 2, "batch_size": 8, "num_workers": 1, "loader_workers": 0, "use_gpu": False,
               "max_failures": 0},
