@@ -69,8 +69,11 @@ def test_the_plan_is_dvcs_own_order_of_what_the_target_depends_on(tmp_path):
     project = dvc_init(tmp_path / "project", "--no-scm")
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO / name, project / name)
-    assert dvc_stages.stage_plan(project, "evaluate") == ["ingest", "detect", "objects", "cooccurrence",
-                                                          "embeddings", "train", "evaluate"]
+    plan = dvc_stages.stage_plan(project, "evaluate")
+    # the stages evaluate needs, and no other (not people, nor a compare branch), upstream first; the
+    # order among independent stages is DVC's own and may change when dvc.yaml gains a stage
+    assert sorted(plan) == sorted(["ingest", "detect", "objects", "cooccurrence", "embeddings", "train", "evaluate"])
+    assert plan[0] == "ingest" and plan[-2:] == ["train", "evaluate"]
     # read from dvc.yaml, not a list in the code: a diamond, and a stage evaluate does not need
     diamond = dvc_init(tmp_path / "diamond", "--no-scm")
     (diamond / "dvc.yaml").write_text(textwrap.dedent("""\

@@ -38,7 +38,7 @@ from core.workspace import Workspace
 from pipelines import dvc_stages, flows, registry
 
 MODEL_NAME = "ctxemo-flow-test"
-STAGES = ["ingest", "detect", "objects", "cooccurrence", "embeddings", "train", "evaluate"]
+PIPELINE = ("ingest", "detect", "objects", "cooccurrence", "embeddings", "train", "evaluate")
 # Appended before the stage's `if __name__ == "__main__":`, so `main()` calls this `run`.
 BROKEN_EVALUATION = ('def run(*args, **kwargs):\n'
                      '    raise RuntimeError("evaluation broke: test split unreadable")\n\n\n')
@@ -105,6 +105,15 @@ def workspace(tiny_workspace, tmp_path_factory) -> Path:
     git(origin, "init", "-q", "--bare")
     git(ws, "remote", "add", "origin", str(origin))
     return ws
+
+
+@pytest.fixture(scope="module")
+def stages(workspace):
+    """What the flow runs for `evaluate`, in DVC's order for this workspace: the order of independent
+    stages is DVC's choice (it follows the string hash seed), so it is read here, never written down."""
+    plan = dvc_stages.stage_plan(workspace, "evaluate")
+    assert sorted(plan) == sorted(PIPELINE) and plan[0] == "ingest" and plan[-2:] == ["train", "evaluate"]
+    return plan
 
 
 # --------------------------------------------------------------------------- running and reading flow runs
@@ -200,18 +209,18 @@ def unchanged_run(workspace, first_run):
 # --------------------------------------------------------------------------- retrain
 
 
-def test_retrain_runs_dvc_stages_on_ray_and_makes_the_first_model_champion(workspace, first_run):
+def test_retrain_runs_dvc_stages_on_ray_and_makes_the_first_model_champion(stages, workspace, first_run):
     record, run_id = first_run
     assert record.state.is_completed(), record.state.message
     result = record.result
     # one task run per stage of `dvc repro evaluate`, named after it, in DVC's order, then the gate, git, push
-    assert result["stages"] == STAGES and [s["step"] for s in result["steps"]] == [*STAGES, "dvc-push"]
-    assert record.task_run_names()[:len(STAGES)] == STAGES
-    assert [n.rsplit("-", 1)[0] for n in record.task_run_names()[len(STAGES):]] == [
+    assert result["stages"] == stages and [s["step"] for s in result["steps"]] == [*stages, "dvc-push"]
+    assert record.task_run_names()[:len(stages)] == stages
+    assert [n.rsplit("-", 1)[0] for n in record.task_run_names()[len(stages):]] == [
         "register", "promote", "commit-lock", "dvc-push", "git-push"]
-    assert [s["command"] for s in result["steps"]] == [f"dvc repro --single-item {s}" for s in STAGES] + ["dvc push"]
+    assert [s["command"] for s in result["steps"]] == [f"dvc repro --single-item {s}" for s in stages] + ["dvc push"]
     # DVC decided: the data stages committed by the fixture were up to date, the rest ran
-    assert {s["step"]: s.get("outcome") for s in result["steps"][:len(STAGES)]} == {
+    assert {s["step"]: s.get("outcome") for s in result["steps"][:len(stages)]} == {
         "ingest": "up to date", "detect": "ran", "objects": "up to date", "cooccurrence": "up to date",
         "embeddings": "up to date", "train": "ran", "evaluate": "ran"}
     # every step ran as a Ray task (RayTaskRunner), the stages went through DVC
@@ -275,12 +284,12 @@ def test_a_failed_commit_of_dvc_lock_leaves_the_promotion_standing(tmp_path, tes
     assert state.is_completed() and "injected fault at flow.step (step='commit-lock'" in state.result()["skipped"]
 
 
-def test_a_second_run_with_nothing_changed_finds_every_stage_up_to_date(unchanged_run):
+def test_a_second_run_with_nothing_changed_finds_every_stage_up_to_date(stages, unchanged_run):
     record, before, after = unchanged_run
     assert record.state.is_completed(), record.state.message
-    assert record.task_run_names()[:len(STAGES)] == STAGES
-    assert [(s["step"], s["outcome"]) for s in record.result["steps"]] == [(s, "up to date") for s in STAGES]
-    assert all(record.task_run(s).run_count == 1 for s in STAGES)
+    assert record.task_run_names()[:len(stages)] == stages
+    assert [(s["step"], s["outcome"]) for s in record.result["steps"]] == [(s, "up to date") for s in stages]
+    assert all(record.task_run(s).run_count == 1 for s in stages)
     # the same model: registered once, nothing promoted, nothing committed or tagged
     assert record.result["version"] == "1" and not record.result["decision"]["promote"]
     assert record.result["git"] is None and not record.ran("commit-lock") and after == before
@@ -314,14 +323,14 @@ def test_scaling_workers_actors_and_retries_makes_nothing_stale(workspace, first
         (workspace / "params.yaml").write_text(original)
 
 
-def test_a_step_that_fails_once_succeeds_on_its_retry(first_run):
+def test_a_step_that_fails_once_succeeds_on_its_retry(stages, first_run):
     from prefect.client.schemas.objects import StateType
 
     record, _ = first_run
     evaluate = record.task_run("evaluate")
     assert evaluate.run_count == 2 and evaluate.state.type == StateType.COMPLETED
     # only the stage the fault hit failed and was retried
-    for stage in STAGES[:-1]:
+    for stage in stages[:-1]:
         assert record.task_run(stage).run_count == 1 and record.task_run(stage).state.type == StateType.COMPLETED
     assert "injected fault at flow.step (step='evaluate', attempt=1)" in record.logs
     assert set(re.findall(r"injected fault at flow\.step \(step='([^']+)'", record.logs)) == {"evaluate"}
