@@ -4,7 +4,7 @@ The code marks each place where a real failure must be survived with `fault_poin
 
 | point | where | runs in | stands for |
 |---|---|---|---|
-| `train.after_epoch` | epoch, rank | each Ray Train worker, after reporting the epoch | a lost worker or node |
+| `train.after_epoch` | epoch, rank | each Ray Train worker, once the epoch's checkpoint is committed | a lost worker or node |
 | `sweep.trial_epoch` | trial_id, epoch | a Ray Tune trial, after reporting the epoch | a crashing trial |
 | `sweep.trial_result` | trial_id, epoch | the sweep driver, at each trial result | Ctrl-C, a preempted driver |
 | `flow.step` | step, attempt | a Prefect task of pipelines/flows.py, before its work | a failing step |
@@ -17,13 +17,14 @@ the environment variable CTXEMO_FAULTS (read through core/env.py, `faults_plan_f
 file that exists:
 
     {"faults": [{"point": "train.after_epoch", "when": {"epoch": 0, "rank": 0}, "action": "exit",
-                 "times": 1, "stick_to": null, "signal": null}]}
+                 "times": 1, "stick_to": null, "signal": null, "seconds": null}]}
 
 `when` lists values the point's `where` must have; `action` is `raise` (InjectedFault: a step or
-trial that crashes), `exit` (os._exit(1): a process that dies with no clean-up, like a lost node)
-or `signal` (the named signal to this process, only if it has a Python handler for it: Ray Tune's
+trial that crashes), `exit` (os._exit(1): a process that dies with no clean-up, like a lost node),
+`signal` (the named signal to this process, only if it has a Python handler for it: Ray Tune's
 SIGUSR1 or SIGINT handler saves the experiment and stops, like Ctrl-C; without a handler the
-default action would kill the process); `times` is how often the fault fires in all, across all
+default action would kill the process) or `sleep` (`seconds` of sleep, then on: a process that
+hangs, held at a known point while a drill does something from outside, such as killing its node); `times` is how often the fault fires in all, across all
 processes (null: every time); `stick_to` names a `where` key whose value the first firing fixes:
 later firings need the same value (one trial that crashes every time, retried or not).
 
@@ -46,13 +47,14 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from core import env
 
-ACTIONS = ("raise", "exit", "signal")
+ACTIONS = ("raise", "exit", "signal", "sleep")
 ENV_VAR = "CTXEMO_FAULTS"
 
 
@@ -70,12 +72,15 @@ class Fault:
     times: int | None = 1
     stick_to: str | None = None
     signal: str | None = None
+    seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
             raise ValueError(f"fault action must be one of {ACTIONS}, not {self.action!r}")
         if self.action == "signal" and not hasattr(signal.Signals, str(self.signal)):
             raise ValueError(f"a signal fault needs a signal name such as 'SIGUSR1', not {self.signal!r}")
+        if self.action == "sleep" and not (isinstance(self.seconds, (int, float)) and self.seconds > 0):
+            raise ValueError(f"a sleep fault needs seconds > 0, not {self.seconds!r}")
 
     def applies(self, point: str, where: Mapping[str, Any]) -> bool:
         return point == self.point and all(where.get(key) == value for key, value in self.when.items())
@@ -89,6 +94,13 @@ def fault_point(point: str, **where: Any) -> None:
     for index, fault in enumerate(_read_plan(Path(plan_file))):
         if fault.applies(point, where) and _claim(_log_file(plan_file), index, fault, point, where):
             _act(fault, point, where)
+
+
+def armed(point: str) -> bool:
+    """Whether the active plan holds a fault for `point` (anywhere): code that must reach a known state
+    before a fault can fire there (a committed checkpoint) waits only when one may."""
+    plan_file = env.faults_plan_file()
+    return plan_file is not None and any(fault.point == point for fault in _read_plan(Path(plan_file)))
 
 
 def fired(plan_file: str | Path) -> list[dict[str, Any]]:
@@ -179,6 +191,9 @@ def _act(fault: Fault, point: str, where: Mapping[str, Any]) -> None:
         raise InjectedFault(message)
     if fault.action == "exit":
         os._exit(1)
+    if fault.action == "sleep":
+        time.sleep(float(fault.seconds))
+        return
     number = signal.Signals[fault.signal]
     if callable(signal.getsignal(number)):
         os.kill(os.getpid(), number)
