@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 import torch
 
 from core import faults
@@ -61,6 +63,13 @@ def test_two_worker_ddp_run_trains_exports_and_tracks_in_mlflow(tiny_workspace, 
     assert run.data.metrics["best_val_map"] == pytest.approx(summary["val_map"])
     assert run.data.tags["ctxemo.stage"] == "train"
 
+    # where the two ranks ran, gathered once at the start of the (only) worker group
+    [group] = summary["placement"]
+    assert group["from_epoch"] == 0 and [w["rank"] for w in group["workers"]] == [0, 1]
+    node_ids = {n["NodeID"] for n in ray.nodes()}
+    assert {w["node_id"] for w in group["workers"]} <= node_ids
+    assert len({w["pid"] for w in group["workers"]}) == 2
+
     # the logged model is MLflow's pyfunc model (nothing pickled) and is the exported best checkpoint
     logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").unwrap_python_model().loaded.package.model
     generator = torch.Generator().manual_seed(0)
@@ -96,6 +105,10 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(
 
     resumed, uninterrupted = final(result), final(clean)
     assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
+    # two worker groups: the first from epoch 0, the restarted one from epoch 1, in a new process
+    assert [group["from_epoch"] for group in resumed["placement"]] == [0, 1]
+    assert resumed["placement"][0]["workers"][0]["pid"] == injected.fired()[0]["pid"]
+    assert resumed["placement"][1]["workers"][0]["pid"] != injected.fired()[0]["pid"]
     assert [h["train_loss"] for h in resumed["history"]] == pytest.approx(
         [h["train_loss"] for h in uninterrupted["history"]], rel=1e-5)
     for key, tensor in uninterrupted["model"].items():
@@ -165,6 +178,10 @@ def test_frozen_backbone_trains_on_cached_maps_and_the_exported_model_agrees_on_
 
     caches = [p.parent for p in Path(paths.body_cache_root).glob("*/train.body.npy")]
     assert len(caches) == 1
+    # built by a Ray task (a worker process of the cluster), not in this driver
+    built = summary["body_cache"]
+    assert built["dir"] == str(caches[0]) and built["built"] == ["train", "val"] and built["reused"] == []
+    assert built["pid"] != os.getpid() and built["node_id"] in {n["NodeID"] for n in ray.nodes()}
     fingerprint = json.loads((caches[0] / "fingerprint.json").read_text())
     assert fingerprint["format"] == body_cache.FORMAT_VERSION == 3
     assert list(fingerprint["views"]) == ["body"] == list(body_cache.cached_views(params))
@@ -195,5 +212,6 @@ def test_frozen_backbone_trains_on_cached_maps_and_the_exported_model_agrees_on_
 
     # a second run reuses the maps instead of recomputing them
     before = {p: p.stat().st_mtime_ns for p in caches[0].glob("*.npy")}
-    trainer.run(params, tiny_workspace.train_paths("frozen-again"), track=False)
+    again = trainer.run(params, tiny_workspace.train_paths("frozen-again"), track=False)
     assert {p: p.stat().st_mtime_ns for p in caches[0].glob("*.npy")} == before
+    assert again["body_cache"]["built"] == [] and again["body_cache"]["reused"] == ["train", "val"]

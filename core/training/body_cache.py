@@ -22,6 +22,11 @@ folder is built; nothing is ever reused stale.
 
 The trunks run in eval mode (BatchNorm with its running statistics), which is what "frozen"
 means: a normal, unfrozen training run uses batch statistics instead.
+
+`run_on_ray` runs `run` as a Ray task that asks for the CPUs of one training worker (and a GPU
+when the cluster has one), so on a cluster the trunks run on a worker node, never in the driver
+(a CPU-only head); the folder must be on storage every node shares (the workspace), as the
+training workers read it from there.
 """
 from __future__ import annotations
 
@@ -233,6 +238,26 @@ def _extract_split(model, dataset, out_files: dict[str, Path], dtype: str, batch
     for key, path in out_files.items():
         os.replace(partial[key], path)  # a crash mid-split never leaves a file that looks complete
     return shapes
+
+
+def run_on_ray(params: Params, paths: Workspace, num_cpus: float | None = None, **options: Any) -> dict[str, Any]:
+    """`run` as a Ray task (see the module docstring) reserving `num_cpus` (default: a training
+    worker's `train.cpus_per_worker`, else 1); its summary says where it ran (`node_id`, `pid`)."""
+    import ray
+
+    from core.ray_utils import cluster_gpus, init_ray
+
+    init_ray()
+    resources = {"num_cpus": num_cpus or params.train.cpus_per_worker or 1,
+                 "num_gpus": 1 if cluster_gpus() > 0 else 0}
+    task = ray.remote(**resources)(_run_and_say_where)
+    return ray.get(task.remote(params, paths.resolved(), **options))
+
+
+def _run_and_say_where(params: Params, paths: Workspace, **options: Any) -> dict[str, Any]:
+    import ray
+
+    return {**run(params, paths, **options), "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
 
 def run(params: Params, paths: Workspace, *, cache_root: Path | None = None, splits: tuple[str, ...] = ("train", "val"),

@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from core import checkpoints
+from core import checkpoints, faults
 from core.errors import UserError
-from core.faults import fault_point
 from core.params import Params, params_to_dict
 from core.workspace import Workspace
 
@@ -174,6 +173,8 @@ class EpochLoop:
         self._wrap = wrap_model
         self.start_epoch, self.best = 0, -np.inf
         self.history: list[dict[str, float]] = []
+        # One entry per start of the worker group: where its ranks ran, from which epoch on
+        self.placement: list[dict[str, Any]] = []
         self.metric_name = PRIMARY[self.task]
 
     def resume(self, state: dict[str, Any]) -> None:
@@ -181,6 +182,7 @@ class EpochLoop:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.start_epoch, self.best, self.history = state["epoch"] + 1, state["best"], state["history"]
+        self.placement = list(state.get("placement", []))
 
     def prepare(self) -> None:
         """Move/wrap the model for its device and process group (DDP under Ray Train)."""
@@ -248,7 +250,7 @@ class EpochLoop:
             "model": _unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
             "epoch": epoch, "best": self.best, "history": self.history, "spec": self.spec,
             "params": params_to_dict(self.params), "metric": {self.metric_name: self.history[-1][self.metric_name]},
-            "face_fallbacks": self.face_fallbacks,
+            "face_fallbacks": self.face_fallbacks, "placement": self.placement,
         })
 
 
@@ -256,7 +258,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: resume from Ray's last checkpoint, then train and report each epoch."""
     import ray.train
     import torch
-    from ray.train import Checkpoint
+    from ray.train import Checkpoint, CheckpointConsistencyMode
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -269,6 +271,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with resume.as_directory() as ckpt_dir:
             loop.resume(checkpoints.load(Path(ckpt_dir) / CHECKPOINT_FILE))
     loop.prepare()
+    loop.placement.append({"from_epoch": loop.start_epoch, "workers": _worker_placement(rank, world)})
+    if rank == 0:
+        print(f"[train] workers from epoch {loop.start_epoch + 1}: " + ", ".join(
+            f"rank {w['rank']} on node {w['node_id'][:12]} ({w['node_ip']})" for w in loop.placement[-1]["workers"]),
+            flush=True)
     mlflow_client = _mlflow_client(config) if rank == 0 else None
     epochs = loop.params.train.epochs
 
@@ -287,8 +294,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                       f"{loop.metric_name} {record['val_metric']:.4f}{' *' if loop.improved else ''} "
                       f"({record['train_samples_per_s']:.1f} samples/s)", flush=True)
             ray.train.report({**record, "best": loop.best}, checkpoint=checkpoint)
-        # after the epoch's checkpoint is reported: a worker lost here resumes from this epoch
-        fault_point("train.after_epoch", epoch=epoch, rank=rank)
+        if faults.armed("train.after_epoch"):
+            # Ray Train registers a reported checkpoint asynchronously: a drill's fault waits for it,
+            # so a worker lost here resumes from this epoch, as the fault point promises.
+            ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
+        faults.fault_point("train.after_epoch", epoch=epoch, rank=rank)
+
+
+def _worker_placement(rank: int, world: int) -> list[dict[str, Any]]:
+    """Where every rank of this worker group runs (Ray node, its address, the process), gathered
+    from all ranks: the training summary shows which nodes trained which epochs."""
+    import os
+
+    import ray
+    import torch.distributed as dist
+
+    context = ray.get_runtime_context()
+    here = {"rank": rank, "node_id": context.get_node_id(), "pid": os.getpid(),
+            "node_ip": ray.util.get_node_ip_address()}
+    if world == 1 or not dist.is_initialized():
+        return [here]
+    everyone: list[dict[str, Any] | None] = [None] * world
+    dist.all_gather_object(everyone, here)
+    return sorted(everyone, key=lambda w: w["rank"])
 
 
 def worker_threads(node_cpus: float, workers_on_node: int) -> int:

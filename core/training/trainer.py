@@ -143,10 +143,11 @@ def export_best(result, config: dict[str, Any], model_dir: Path) -> dict[str, An
     return {"state": state, "summary": summary}
 
 
-def last_history(result) -> list[dict[str, float]]:
-    """Per-epoch records of the whole run (the best checkpoint only knows epochs up to itself)."""
+def last_state(result) -> dict[str, Any]:
+    """The last checkpoint's state: per-epoch records and worker placement of the whole run (the
+    best checkpoint only knows epochs up to itself)."""
     with result.checkpoint.as_directory() as ckpt_dir:
-        return checkpoints.load(Path(ckpt_dir) / CHECKPOINT_FILE, remedy=CHECKPOINT_REMEDY)["history"]
+        return checkpoints.load(Path(ckpt_dir) / CHECKPOINT_FILE, remedy=CHECKPOINT_REMEDY)
 
 
 def run(params: Params, paths: Workspace, *, track: bool = True, run_name: str | None = None,
@@ -164,7 +165,8 @@ def run(params: Params, paths: Workspace, *, track: bool = True, run_name: str |
     plan = recovery.plan_run(params_to_dict(params), paths, run_name, fresh_name=ray_run_name, log=_log)
     with contextlib.ExitStack() as stack:
         mlflow_run = _start_tracking(stack, params, plan, run_name, tags) if track else None
-        cache = frozen_backbone_cache(params, paths)
+        built = frozen_backbone_cache(params, paths)
+        cache = built and built["dir"]
         if mlflow_run is not None and cache is not None:
             import mlflow
 
@@ -173,6 +175,8 @@ def run(params: Params, paths: Workspace, *, track: bool = True, run_name: str |
         if result.error is not None:
             raise result.error
         summary = _export(result, config, paths, mlflow_run, plan)
+    if built:
+        summary["body_cache"] = {key: built[key] for key in ("dir", "built", "reused", "seconds", "node_id", "pid")}
     summary["checkpoints_dropped"] = drop_checkpoints(result)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     (Path(paths.train_report_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -208,9 +212,11 @@ def _export(result, config: dict[str, Any], paths: Workspace, mlflow_run: dict[s
     """Export the best model (staged, logged, then renamed into `paths.model_dir`) and the history."""
     with recovery.staged_dir(Path(paths.model_dir)) as staged:
         exported = export_best(result, config, staged)
-        history = last_history(result)
+        last = last_state(result)
+        history = last["history"]
         summary = {k: v for k, v in exported["summary"].items() if k != "classes"}
         summary["epochs"] = len(history)
+        summary["placement"] = last.get("placement", [])
         if plan.resumed:
             summary["resumed_from_epoch"] = plan.resumed_epoch
         if mlflow_run is not None:
@@ -256,22 +262,26 @@ def drop_checkpoints(result) -> int:
     return dropped
 
 
-def frozen_backbone_cache(params: Params, paths: Workspace) -> str | None:
-    """With `train.frozen_backbone`, the folder of backbone maps for train and val (built now,
-    or reused when the backbone, its weights and the manifests are unchanged); else None.
+def frozen_backbone_cache(params: Params, paths: Workspace) -> dict[str, Any] | None:
+    """With `train.frozen_backbone`, the backbone maps of train and val (built now, as a Ray task on a
+    node with a training worker's resources, or reused when the backbone, its weights and the
+    manifests are unchanged): body_cache.run's summary, with where it ran; else None.
 
     float32, so the maps the heads train on are the maps the exported model (which runs its
     backbone, in eval mode, on crops) computes at evaluation and serving.
     """
     if not params.train.frozen_backbone:
         return None
+    from core.ray_utils import init_ray
     from core.training import body_cache
 
-    cache = body_cache.run(params, paths, cache_root=paths.body_cache_root, dtype="float32",
-                           log=lambda line: print(f"[train] {line}", flush=True))
-    print(f"[train] frozen backbone: maps in {cache['dir']} (built {cache['built'] or 'nothing'}, "
-          f"reused {cache['reused'] or 'nothing'})", flush=True)
-    return str(cache["dir"])
+    init_ray(include_dashboard=True)  # as `fit` starts it (Ray Train V2 polls the state API)
+    cache = body_cache.run_on_ray(params, paths, cache_root=Path(paths.body_cache_root).resolve(), dtype="float32",
+                                  log=_log)
+    _log(f"frozen backbone: maps in {cache['dir']} (built {cache['built'] or 'nothing'}, "
+         f"reused {cache['reused'] or 'nothing'}, on node {cache['node_id'][:12]})")
+    cache["dir"] = str(cache["dir"])
+    return cache
 
 
 def _log_model(exported: dict[str, Any], model_dir: Path, objects_meta: Path) -> None:

@@ -128,7 +128,8 @@ def _new_state(params_dict: dict[str, Any], paths: Workspace, *, samples: int | 
         log(f"[sweep] tune.frozen_backbone: model {params.model.name!r} has no frozen-backbone path (only "
             f"{', '.join(body_cache.FROZEN_BACKBONE_MODELS)} have): its trials train the whole network")
     elif tune_cfg.frozen_backbone:
-        cache = body_cache.run(params, paths, cache_root=cache_root, log=log)
+        cache = body_cache.run_on_ray(params, paths, num_cpus=tune_cfg.cpus_per_trial,
+                                      cache_root=cache_root and Path(cache_root).resolve(), log=log)
         log(f"[sweep] body cache {cache['dir']} (built {cache['built'] or 'nothing'}, "
             f"reused {cache['reused'] or 'nothing'}; still decoded per step: {cache['decoded'] or 'nothing'})")
         if not cache["decoded"]:
