@@ -9,6 +9,7 @@ Heavy libraries are imported inside the commands so `ctxemo --help` stays instan
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -290,6 +291,8 @@ def retrain(
     cron: str | None = typer.Option(None, help="cron schedule for --serve (default: the deployment's schedule in "
                                                 "infra/prefect/prefect.yaml, Mondays 04:00 UTC)"),
     name: str = typer.Option("retrain-weekly", help="deployment name for --serve"),
+    summary_file: Path | None = typer.Option(None, "--summary", help="also write the run's summary (each step's "
+                                                                      "outcome, seconds and Ray node) to this JSON file"),
 ) -> None:
     """Prefect flow: [dvc pull] -> a task per DVC stage (on Ray) -> register -> promote -> tag dvc.lock -> [push]."""
     _workspace_params(DEFAULT_WORKSPACE.params_file)  # the flow reads them too: a bad value stops here, in one line
@@ -310,6 +313,8 @@ def retrain(
     if not state.is_completed():
         _fail(f"retrain flow run {state.name}: {state.message}")
     summary = state.result()
+    if summary_file is not None:
+        summary_file.write_text(json.dumps(summary, indent=2, default=str))
     if summary.get("decision"):
         typer.echo(summary["decision"]["explanation"])
     typer.echo(f"retrain finished: model version {summary.get('version')}, champion {summary.get('champion')}")

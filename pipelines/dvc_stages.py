@@ -16,8 +16,11 @@ offline, between runs reporting to different APIs, and the kernel drops it when 
 so a crashed run never leaves a stale lock (a Prefect concurrency slot would stay taken until its
 lease ran out). Deployments also carry `concurrency_limit: 1`, so Prefect queues their runs first.
 
-Git. After a promotion that was applied, `commit_lock_file` commits dvc.lock, and only dvc.lock,
-in the workspace's git repository and tags that commit `retrain-<flow run>-v<version>`;
+Git. After a promotion that was applied, `commit_lock_file` commits dvc.lock and the outputs DVC
+leaves to git (`cache: false`: the metrics, plots and summaries, which `dvc push` never uploads),
+and nothing else, in the workspace's git repository and tags that commit
+`retrain-<flow run>-v<version>`: a clone of that tag plus `dvc pull` is then the whole workspace,
+and `dvc status` there finds nothing stale;
 `push_tag` sends the tag to the repository's remote. A workspace without git (or with DVC's
 `core.no_scm`), or git without a user identity, is logged and skipped: recording never undoes or
 fails a promotion.
@@ -181,32 +184,50 @@ def why_not_git(workspace: Path) -> str | None:
     return None
 
 
-def commit_lock_file(workspace: Path, message: str, tag: str, logger) -> dict[str, Any]:
-    """Commit dvc.lock alone (when it changed) and tag that commit `tag`; skips, logged, where git cannot.
+def uncached_outputs(workspace: Path) -> list[str]:
+    """The stage outputs of the workspace's dvc.yaml that DVC leaves to git (`cache: false`) and that
+    exist, relative to the workspace; [] without a readable dvc.yaml."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
 
-    Returns {"commit", "tag", "committed"} or {"skipped": reason}. Other changes in the
-    workspace, staged or not, stay out of the commit (`git commit --only -- dvc.lock`).
+    workspace = Path(workspace).resolve()
+    try:
+        with Repo(str(workspace)) as repo:
+            paths = {Path(out.fs_path).resolve() for out in repo.index.outs if not out.use_cache}
+    except DvcException:
+        return []
+    return sorted(str(p.relative_to(workspace)) for p in paths if p.exists() and p.is_relative_to(workspace))
+
+
+def commit_lock_file(workspace: Path, message: str, tag: str, logger) -> dict[str, Any]:
+    """Commit dvc.lock and the uncached outputs (when they changed) and tag that commit `tag`; skips,
+    logged, where git cannot.
+
+    Returns {"commit", "tag", "committed", "files"} or {"skipped": reason}. Other changes in the
+    workspace, staged or not, stay out of the commit (`git commit --only -- <those files>`).
     """
     workspace = Path(workspace)
     reason = why_not_git(workspace)
     if reason:
         logger.warning(f"dvc.lock not committed, tag {tag} not made: {reason}")
         return {"skipped": reason}
-    git(workspace, "add", "--", LOCK_FILE_NAME)
-    changed = subprocess.run(["git", "diff", "--cached", "--quiet", "--", LOCK_FILE_NAME], cwd=workspace,
+    files = [LOCK_FILE_NAME, *uncached_outputs(workspace)]
+    git(workspace, "add", "--", *files)
+    changed = subprocess.run(["git", "diff", "--cached", "--quiet", "--", *files], cwd=workspace,
                              timeout=GIT_TIMEOUT_SECONDS, check=False).returncode != 0
     if changed:
-        git(workspace, "commit", "--only", "--quiet", "-m", message, "--", LOCK_FILE_NAME)
+        git(workspace, "commit", "--only", "--quiet", "-m", message, "--", *files)
     head = git(workspace, "rev-parse", "HEAD")
     existing = git(workspace, "rev-parse", "--verify", "--quiet", f"refs/tags/{tag}^{{commit}}", check=False)
     if existing and existing != head:
         reason = f"tag {tag} already names commit {existing[:12]}"
         logger.warning(f"dvc.lock committed as {head[:12]}, not tagged: {reason}")
-        return {"commit": head, "committed": changed, "tag": None, "skipped": reason}
+        return {"commit": head, "committed": changed, "tag": None, "skipped": reason, "files": files}
     if not existing:
         git(workspace, "tag", "-a", tag, "-m", message.splitlines()[0])
-    logger.info(f"{LOCK_FILE_NAME} {'committed as' if changed else 'already committed in'} {head[:12]}, tagged {tag}")
-    return {"commit": head, "committed": changed, "tag": tag}
+    logger.info(f"{LOCK_FILE_NAME} {'committed as' if changed else 'already committed in'} {head[:12]}, tagged {tag}"
+                + (f" (with {', '.join(files[1:])})" if files[1:] else ""))
+    return {"commit": head, "committed": changed, "tag": tag, "files": files}
 
 
 def push_remote(workspace: Path) -> str | None:

@@ -21,8 +21,8 @@ whose evaluation is fresh (the run id of artifacts/model must own reports/metric
 `promote` only runs after it, so a failed or half-finished evaluation never moves `champion`.
 A run holds the workspace's lock for its whole duration (a second one is refused, naming the
 holder; deployments have `concurrency_limit: 1`, so Prefect queues theirs), and after an applied
-promotion commits dvc.lock alone to the workspace's git repository and tags it
-`retrain-<flow run>-v<version>`: pipelines/dvc_stages.py says how and why.
+promotion commits dvc.lock (with the uncached metrics and summaries) to the workspace's git
+repository and tags it `retrain-<flow run>-v<version>`: pipelines/dvc_stages.py says how and why.
 
 Both flows run their tasks on Ray through prefect-ray's `RayTaskRunner`: `RAY_ADDRESS` joins a
 cluster (e.g. `ray://ctxemo-head-svc:10001`), otherwise a local Ray starts (no dashboard). Steps
@@ -142,11 +142,12 @@ def _step_fault_point() -> None:
         fault_point("flow.step", step=context.task.name, attempt=context.task_run.run_count)
 
 
-def _ray_task_id() -> str | None:
-    """The Ray task this code runs in (None outside Ray): where the task runner put the step."""
+def _ray_placement() -> dict[str, str | None]:
+    """The Ray task and node this code runs in (None outside Ray): where the task runner put the step."""
     import ray
 
-    return ray.get_runtime_context().get_task_id() if ray.is_initialized() else None
+    context = ray.get_runtime_context() if ray.is_initialized() else None
+    return {"ray_task_id": context and context.get_task_id(), "ray_node_id": context and context.get_node_id()}
 
 
 def _subprocess_env(forwarded: dict[str, str]) -> dict[str, str]:
@@ -218,7 +219,7 @@ def dvc_step(args: list[str], workspace: str, forwarded: dict[str, str],
     _step_fault_point()
     seconds = run_command([sys.executable, "-m", "dvc", *args], Path(workspace), _subprocess_env(forwarded),
                           timeout_seconds, get_run_logger())
-    return {"command": f"dvc {' '.join(args)}", "seconds": round(seconds, 1), "ray_task_id": _ray_task_id()}
+    return {"command": f"dvc {' '.join(args)}", "seconds": round(seconds, 1), **_ray_placement()}
 
 
 @task(cache_policy=NO_CACHE)
@@ -229,7 +230,7 @@ def stage_step(stage: str, workspace: str, forwarded: dict[str, str], timeout_se
     seconds = run_command([sys.executable, "-m", "dvc", *args], Path(workspace), _subprocess_env(forwarded),
                           timeout_seconds, get_run_logger(), on_line=outcome)
     return {"step": stage, "command": f"dvc {' '.join(args)}", "outcome": outcome.outcome,
-            "seconds": round(seconds, 1), "ray_task_id": _ray_task_id()}
+            "seconds": round(seconds, 1), **_ray_placement()}
 
 
 @task(cache_policy=NO_CACHE)
@@ -244,7 +245,7 @@ def register_step(workspace: str, tracking_uri: str, model_name: str) -> dict[st
     get_run_logger().info(f"registered {model_name} version {version.version} from run {model.run_id} "
                           f"(test {model.metric} {model.value:.4f}, data {model.data_version}) as challenger")
     return {"version": str(version.version), "run_id": model.run_id, "metric": model.metric, "value": model.value,
-            "data_version": model.data_version, "ray_task_id": _ray_task_id()}
+            "data_version": model.data_version, **_ray_placement()}
 
 
 @task(cache_policy=NO_CACHE)
@@ -268,7 +269,8 @@ def promote_step(workspace: str, tracking_uri: str, model_name: str, version: st
 
 @task(cache_policy=NO_CACHE)
 def commit_lock_step(workspace: str, message: str, tag: str) -> dict[str, Any]:
-    """Commit dvc.lock alone in the workspace's git repository and tag it (skipped, logged, without git)."""
+    """Commit dvc.lock and the uncached outputs to the workspace's git repository and tag it (skipped,
+    logged, without git)."""
     _step_fault_point()
     return dvc_stages.commit_lock_file(Path(workspace), message, tag, get_run_logger())
 

@@ -248,11 +248,14 @@ def test_retrain_runs_dvc_stages_on_ray_and_makes_the_first_model_champion(stage
     assert now is not None and version.tags["data_version"] == metrics["test_data_version"] == now
 
 
-def test_the_promotion_commits_dvc_lock_alone_and_tags_it(workspace, first_run):
+def test_the_promotion_commits_dvc_lock_and_the_uncached_outputs_and_tags_it(workspace, first_run):
     record, _ = first_run
     tag = f"retrain-{record.flow_run_name}-v1"
     head = git(workspace, "rev-parse", "HEAD").strip()
-    assert record.result["git"] == {"commit": head, "committed": True, "tag": tag,
+    # DVC's `cache: false` outputs of the stages that ran: git's to keep, as `dvc push` never uploads them
+    uncached = ["data/graph/cooccurrence.png", "reports/ingest.json", "reports/metrics.json", "reports/metrics_per_class.json", "reports/plots",
+                "reports/train/history.json", "reports/train/summary.json"]
+    assert record.result["git"] == {"commit": head, "committed": True, "tag": tag, "files": ["dvc.lock", *uncached],
                                     "push": {"tag": tag, "remote": "origin", "pushed": True}}
     assert git(workspace, "rev-parse", f"{tag}^{{commit}}").strip() == head
     origin = git(workspace, "remote", "get-url", "origin").strip()
@@ -261,11 +264,13 @@ def test_the_promotion_commits_dvc_lock_alone_and_tags_it(workspace, first_run):
     subject, body = git(workspace, "log", "-1", "--format=%s%n%b").split("\n", 1)
     assert subject == f"retrain {record.flow_run_name}: dvc.lock of {MODEL_NAME} version 1"
     assert record.result["run_id"] in body and "promoted it to champion" in body
-    assert git(workspace, "show", "--name-only", "--format=", "HEAD").split() == ["dvc.lock"]
+    committed = git(workspace, "show", "--name-only", "--format=", "HEAD").split()
+    # exactly these (the files of reports/plots/ counted as their folder)
+    assert {re.sub(r"^reports/plots/.*", "reports/plots", c) for c in committed} == {"dvc.lock", *uncached}
     assert git(workspace, "show", "HEAD:dvc.lock") == (workspace / "dvc.lock").read_text()
     assert int(git(workspace, "rev-list", "--count", "HEAD")) == 2
-    # the run's other files (models, reports, DVC's .gitignore entries) stay out of git
-    assert "?? reports/" in git(workspace, "status", "--porcelain", "--untracked-files=normal")
+    # nothing else: the model, DVC's .gitignore entries and the code stay out of the commit
+    assert "?? artifacts/" in git(workspace, "status", "--porcelain", "--untracked-files=normal")
     assert f"dvc.lock committed as {head[:12]}, tagged {tag}" in record.logs
 
 
