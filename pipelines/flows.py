@@ -101,14 +101,14 @@ def ray_task_runner():
     """RayTaskRunner joining RAY_ADDRESS, else starting a local Ray like core/ray_utils.py does."""
     from prefect_ray import RayTaskRunner
 
-    from core.ray_utils import default_object_store_bytes, quiet_ray_env
+    from core.ray_utils import default_object_store_bytes, quiet_ray_env, serve_loopback_only
 
     quiet_ray_env()
     address = env.ray_address()
     if address:
         return RayTaskRunner(address=address)  # ray.init refuses resource arguments for an existing cluster
-    return RayTaskRunner(init_kwargs={"include_dashboard": False,
-                                      "object_store_memory": default_object_store_bytes()})
+    serve_loopback_only()  # as init_ray's embedded cluster: 127.0.0.1 only, for the stages that join it too
+    return RayTaskRunner(init_kwargs={"include_dashboard": False, "object_store_memory": default_object_store_bytes()})
 
 
 def forwarded_environment(workspace: Path) -> dict[str, str]:

@@ -67,3 +67,20 @@ def test_the_retrain_schedule_has_one_home_the_work_pool_deployment(tmp_path):
     assert deployment.concurrency_limit == 1
     with pytest.raises(UserError, match="has no cron schedule: pass --cron"):
         flows.deployment_schedule("no-such-deployment", REPO)
+
+
+@pytest.mark.parametrize("ray_address", [None, "127.0.0.1:6379"])
+def test_the_flows_own_ray_serves_loopback_only_and_a_joined_cluster_keeps_its_settings(ray_address):
+    """Without RAY_ADDRESS the flows' task runner starts a local Ray on 127.0.0.1, as init_ray does (the
+    stage subprocesses join it there); with it, nothing is switched. Checked in a fresh interpreter:
+    the switch is read when the flows module is imported."""
+    import subprocess
+
+    probe = ("import os, pipelines.flows, ray._private.ray_constants as c; "
+             "print(os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'), c.ENABLE_RAY_CLUSTER)")
+    environment = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    if ray_address:
+        environment["RAY_ADDRESS"] = ray_address
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=environment, capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.split() == (["None", "True"] if ray_address else ["0", "False"])
