@@ -69,6 +69,9 @@ def serve_loopback_only() -> None:
     well because Ray reads the variable once, at import, and `ray` may already be imported.
     A user who exported the variable keeps their value.
     """
+    # The whole package first: after prefect_ray's lazy `import ray`, importing the submodule alone
+    # left ray half-imported, and a later `from ray import tune` failed (ray._private.accelerators).
+    import ray  # noqa: F401
     import ray._private.ray_constants as ray_constants
 
     env.set_default(SINGLE_NODE_SWITCH, "0")
