@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from s3_fixture import s3_server, s3_settings  # noqa: F401  (one S3 server for the session, shared by every module)
 from support import REPO
 
 from core.env import apply_embedded_defaults

@@ -6,7 +6,10 @@ Iceberg/Lance catalogs are off. Access needs a key pair made up by this module f
 session (written to the server's identity file in the temp dir, nowhere else), so a wrong
 secret is refused: the tests exercise real request signing, not an anonymous bucket.
 
-Test modules use it with `from s3_fixture import s3_server, s3_settings`.
+tests/conftest.py imports the fixtures, so every module shares one server. A module that imported
+them itself would get a "session" server of its own, and boto3's default session, which resolves
+credentials from the environment once per process, would then sign later modules' requests with
+the first server's keys (the other one refuses them: InvalidAccessKeyId).
 """
 from __future__ import annotations
 

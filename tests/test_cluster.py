@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cluster_harness import RayNodes, start_mlflow_server
-from s3_fixture import list_keys, s3_server, s3_settings  # noqa: F401  (fixtures)
+from s3_fixture import list_keys
 from support import REPO
 
 from core import faults
@@ -62,7 +62,7 @@ def cluster_root():
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(s3_settings, cluster_root):  # noqa: F811
+def mlflow_server(s3_settings, cluster_root):
     server = start_mlflow_server(cluster_root / "mlflow", f"s3://{s3_settings.bucket}/{s3_settings.prefix}/mlflow",
                                  dict(os.environ))
     yield server
@@ -71,7 +71,7 @@ def mlflow_server(s3_settings, cluster_root):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def ray_nodes(s3_settings, cluster_root):  # noqa: F811
+def ray_nodes(s3_settings, cluster_root):
     """Head + worker, 1 CPU each; started after s3_settings so every node's workers find the S3 credentials."""
     nodes = RayNodes(cluster_root / "ray", cpus_per_node=1)
     yield nodes
@@ -81,7 +81,7 @@ def ray_nodes(s3_settings, cluster_root):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def cluster_env(s3_settings, mlflow_server, ray_nodes, tmp_path_factory):  # noqa: F811
+def cluster_env(s3_settings, mlflow_server, ray_nodes, tmp_path_factory):
     """What a user exports on the machine they drive the cluster from."""
     environment = {key: value for key, value in os.environ.items()
                    if key not in ("CTXEMO_MLFLOW_ARTIFACT_ROOT", "MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
@@ -123,7 +123,7 @@ def workspace(tiny_workspace, cluster_env, tmp_path_factory) -> tuple[Path, Path
 
 
 def test_retrain_on_two_nodes_survives_a_lost_node_and_a_fresh_clone_serves_the_champion(
-        workspace, cluster_env, ray_nodes, s3_settings, tmp_path):  # noqa: F811
+        workspace, cluster_env, ray_nodes, s3_settings, tmp_path):
     ws, origin = workspace
     summary_file = tmp_path / "retrain-summary.json"
     log_file = tmp_path / "retrain.log"

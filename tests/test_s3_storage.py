@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from s3_fixture import list_keys, s3_server, s3_settings  # noqa: F401  (fixtures)
+from s3_fixture import list_keys
 
 DVC_TIMEOUT_S = 120
 

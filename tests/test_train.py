@@ -179,8 +179,9 @@ def test_frozen_backbone_trains_on_cached_maps_and_the_exported_model_agrees_on_
     caches = [p.parent for p in Path(paths.body_cache_root).glob("*/train.body.npy")]
     assert len(caches) == 1
     # built by a Ray task (a worker process of the cluster), not in this driver
+    # (an earlier test of the session may have built the same maps: this run then reused them)
     built = summary["body_cache"]
-    assert built["dir"] == str(caches[0]) and built["built"] == ["train", "val"] and built["reused"] == []
+    assert built["dir"] == str(caches[0]) and sorted(built["built"] + built["reused"]) == ["train", "val"]
     assert built["pid"] != os.getpid() and built["node_id"] in {n["NodeID"] for n in ray.nodes()}
     fingerprint = json.loads((caches[0] / "fingerprint.json").read_text())
     assert fingerprint["format"] == body_cache.FORMAT_VERSION == 3
