@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 LOOPBACK = "127.0.0.1"
-STARTUP_TIMEOUT_S = 300.0
+STARTUP_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 # The GCS marks a node dead after `failure_threshold` missed checks `period_ms` apart.
 FAST_NODE_DEATH = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "500",
@@ -63,15 +63,9 @@ def serve_ray_nodes(root: Path, cpus_per_node: int, object_store_bytes: int) -> 
         return {"node_ip_address": LOOPBACK, "num_cpus": cpus_per_node, "object_store_memory": object_store_bytes,
                 **extra}
 
-    def joined(node):
-        # add_node's own wait gives a node 30 s, which a loaded 2-core machine can pass
-        cluster._wait_for_node(node, timeout=STARTUP_TIMEOUT_S)
-        return node
-
     cluster = Cluster(initialize_head=True, head_node_args=node_args(
-        include_dashboard=True, dashboard_host=LOOPBACK, temp_dir=str(root), wait=False))
-    joined(cluster.head_node)
-    workers = [joined(cluster.add_node(wait=False, **node_args()))]
+        include_dashboard=True, dashboard_host=LOOPBACK, temp_dir=str(root)))
+    workers = [cluster.add_node(**node_args())]
 
     def say(**message: Any) -> None:
         print(json.dumps(message), flush=True)
@@ -89,7 +83,7 @@ def serve_ray_nodes(root: Path, cpus_per_node: int, object_store_bytes: int) -> 
             node.kill_raylet()  # SIGKILL: no draining, no goodbye to the GCS
             say(event="killed", node=node_id(node), raylet_pid=pid)
         elif command == "add-worker":
-            workers.append(joined(cluster.add_node(wait=False, **node_args())))
+            workers.append(cluster.add_node(**node_args()))
             say(event="added", node=node_id(workers[-1]))
         elif command == "stop":
             break
