@@ -9,8 +9,8 @@ The code marks each place where a real failure must be survived with `fault_poin
 | `sweep.trial_result` | trial_id, epoch | the sweep driver, at each trial result | Ctrl-C, a preempted driver |
 | `flow.step` | step, attempt | a Prefect task of pipelines/flows.py, before its work | a failing step |
 
-(Both epoch points come after the epoch's checkpoint is reported, so a recovery continues from
-that epoch; `train.after_epoch` waits for Ray Train to commit it when the plan holds a fault there.)
+(Both "after reporting" points come after the epoch's checkpoint is reported, so a recovery
+continues from that epoch.)
 
 A fault point does nothing (an environment lookup, and a file check while the variable is set) unless
 the environment variable CTXEMO_FAULTS (read through core/env.py, `faults_plan_file()`) names a plan
@@ -24,10 +24,9 @@ trial that crashes), `exit` (os._exit(1): a process that dies with no clean-up, 
 `signal` (the named signal to this process, only if it has a Python handler for it: Ray Tune's
 SIGUSR1 or SIGINT handler saves the experiment and stops, like Ctrl-C; without a handler the
 default action would kill the process) or `sleep` (`seconds` of sleep, then on: a process that
-hangs, held at a known point while a drill acts from outside, such as killing its node); `times`
-is how often the fault fires in all, across all processes (null: every time); `stick_to` names a
-`where` key whose value the first firing fixes: later firings need the same value (one trial that
-crashes every time, retried or not).
+hangs, held at a known point while a drill does something from outside, such as killing its node); `times` is how often the fault fires in all, across all
+processes (null: every time); `stick_to` names a `where` key whose value the first firing fixes:
+later firings need the same value (one trial that crashes every time, retried or not).
 
 Every firing is one JSON line in `<plan>.fired`, written under an exclusive lock (flock) before
 the fault acts, so `times` holds across processes and the firings can be read back (`fired`).

@@ -99,10 +99,10 @@ class StepFailed(RuntimeError):
 
 def ray_task_runner():
     """RayTaskRunner joining RAY_ADDRESS, else starting a local Ray like core/ray_utils.py does."""
+    import ray  # noqa: F401  (whole: after prefect_ray's lazy import, `ray._private.x` alone half-imports it)
     from prefect_ray import RayTaskRunner
 
     from core.ray_utils import default_object_store_bytes, quiet_ray_env, serve_loopback_only
-
     quiet_ray_env()
     address = env.ray_address()
     if address:

@@ -76,8 +76,7 @@ def test_the_flows_own_ray_serves_loopback_only_and_a_joined_cluster_keeps_its_s
     the switch is read when the flows module is imported."""
     import subprocess
 
-    # `from ray import tune` right after: the switch must leave ray whole (core/ray_utils.py)
-    probe = ("import os, pipelines.flows; from ray import tune; import ray._private.ray_constants as c; "
+    probe = ("import os, pipelines.flows, ray._private.ray_constants as c; from ray import tune; "  # tune: ray whole
              "print(os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'), c.ENABLE_RAY_CLUSTER)")
     environment = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     if ray_address:
