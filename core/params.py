@@ -41,7 +41,7 @@ DEFAULT_PARAMS = DEFAULT_WORKSPACE.params_file
 # tests/test_dvc_pipeline.py checks every other key of these sections is tracked.
 SCHEDULING_KEYS = frozenset({
     "detect.batch_size", "detect.ray_min_images",
-    "objects.batch_size", "objects.num_actors", "objects.shard_size", "objects.engine", "objects.ray_min_images",
+    "objects.num_actors", "objects.shard_size", "objects.engine", "objects.ray_min_images",
     "objects.ray_min_cpus",
     "people.detect_batch_size",
     "train.num_workers", "train.use_gpu", "train.loader_workers", "train.max_failures", "train.cpus_per_worker",
@@ -101,8 +101,7 @@ class ObjectsConfig:
     score_threshold: float = within(0, 1)
     top_n: int = at_least(1)
     image_size: int = at_least(1)
-    batch_size: int = at_least(1)
-    shard_size: int = at_least(1)
+    shard_size: int = at_least(1)  # images a worker computes and writes in one go; a rerun resumes by shard
     exclude_iou: float = within(0, 1, low_open=True)  # IoU 0 would exclude every box
     num_actors: int | None = at_least(1)  # Ray Data actors; null = one per GPU, else one per CPU
     engine: str = one_of(*OBJECT_ENGINES)  # auto | ray | local (core/features/execution.py choose_engine)

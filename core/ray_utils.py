@@ -24,6 +24,7 @@ import sys
 from typing import Iterator
 
 from core import env
+from core.errors import UserError
 
 LOOPBACK = "127.0.0.1"
 # Ray's switch for a node that never joins a cluster (read once, when ray_constants is imported).
@@ -159,14 +160,32 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def autoscaling_pool(max_actors: int):
+def autoscaling_pool(max_actors: int, tasks_in_flight: int | None = None):
     """An actor pool that starts working with its first actor and grows to `max_actors` while work
     is queued and resources allow.
 
     A fixed pool of N waits for its N actors; this one asks for more as it goes, and the actors
     still waiting for resources are the demand an autoscaling cluster adds nodes for. N is the
     stage's `num_actors` when set (set it on an autoscaling cluster), else what the cluster has now.
+    `tasks_in_flight`: batches queued per actor (None: Ray Data's default, 4); 1 for long batches.
     """
     import ray.data
 
-    return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(max_actors)))
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(max_actors)),
+                                      max_tasks_in_flight_per_actor=tasks_in_flight)
+
+
+def user_error_in(exc: BaseException) -> UserError | None:
+    """The UserError a Ray task or actor raised, found in the exceptions Ray wraps it in (None: none)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        error = stack.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        cause = getattr(error, "cause", None)  # a RayTaskError's: what the task raised
+        if isinstance(error, UserError) and cause is None:
+            return error
+        stack += [cause, error.__cause__, error.__context__]
+    return None

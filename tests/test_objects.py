@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
 import urllib.error
 from pathlib import Path
@@ -86,7 +87,7 @@ def make_dataset(root: Path) -> Path:
 def small_params(root: Path, **objects_overrides):
     params = load_params(REPO / "params.yaml")
     cfg = dataclasses.replace(params.objects, boxes="dataset", boxes_file="object_boxes.csv", weights=None,
-                              allow_random_weights=True, top_n=TOP_N, image_size=IMAGE_SIZE, batch_size=2,
+                              allow_random_weights=True, top_n=TOP_N, image_size=IMAGE_SIZE,
                               shard_size=2, score_threshold=0.3, exclude_iou=0.7, num_actors=None)
     cfg = dataclasses.replace(cfg, **objects_overrides)
     return dataclasses.replace(params, data=dataclasses.replace(params.data, root=str(root)), objects=cfg)
@@ -340,6 +341,11 @@ def test_ray_run_resumes_and_matches_uninterrupted_run(local_result, local_ray, 
     assert third["splits"]["train"]["complete"] and third["splits"]["val"]["computed"] == [0]
     assert third["execution"]["actors"] == 2
     assert any("train shard 3/3 done" in line for line in logs)
+    # the actors wrote the shards themselves (the driver only heard which were done)
+    writers = third["execution"]["shards_written_by"]
+    assert sum(writers.values()) == 2 and all(w.startswith("node ") for w in writers)
+    assert not any(w.endswith(f" pid {os.getpid()}") for w in writers)
+    assert second["execution"]["shards_written_by"] == {f"in-process pid {os.getpid()}": 1}
     for split in ("train", "val"):
         resumed, reference = load_split(out_dir / split), load_split(reference_dir / split)
         for name in ARRAY_NAMES:

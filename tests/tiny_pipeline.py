@@ -17,7 +17,7 @@ from core.params import Params, params_from_dict, read_yaml
 
 TINY_OVERRIDES: dict[str, dict[str, Any]] = {
     "synth": {"images": 16},
-    "objects": {"top_n": 4, "image_size": 96, "shard_size": 8, "batch_size": 4, "allow_random_weights": True},
+    "objects": {"top_n": 4, "image_size": 96, "shard_size": 8, "allow_random_weights": True},
     "people": {"epochs": 1, "batch_size": 4, "min_size": 64, "max_size": 96, "rpn_proposals": 50,
                "rois_per_image": 32},
     "model": {

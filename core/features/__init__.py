@@ -36,8 +36,8 @@ Modules, each importing only those above it:
   selection   which boxes a person gets (IoU exclusion, top_n by score)
   inputs      boxes file, split manifests, shard plans, settings fingerprint
   extractor   one image's objects (people_objects) and the public ObjectFeatureExtractor
-  worker      the Ray Data / local batch worker of the stage
-  shards      shard files and markers, ShardCollector
+  shards      shard files and markers
+  worker      per-image worker; ShardWorker computes and writes whole shards (Ray Data or local)
   execution   running the worker: Ray Data actor pool or in-process loop
   assembly    shards -> the split's arrays, index.parquet, meta.json
   objects     the stage's run()

@@ -1,4 +1,4 @@
-"""Running the worker over the pending shards: Ray Data actor pool, or a plain in-process loop.
+"""Running the shard worker over the pending shards: Ray Data actor pool, or a plain in-process loop.
 
 With GPUs every actor gets one; without, one actor per CPU with a single torch thread each, so the
 actors, not torch's thread pool, share the cores (and results match the single-threaded local
@@ -6,32 +6,24 @@ loop bit for bit). The weights travel once through the object store, not once pe
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import pandas as pd
-
 from core.features.inputs import ShardPlan
-from core.features.worker import ObjectFeatureWorker
+from core.features.worker import ShardWorker, plan_row
 from core.params import ObjectsConfig
 
 
-def batch_frames(plans: Sequence[ShardPlan], batch_size: int) -> list[pd.DataFrame]:
-    """One frame per map_batches call: Ray Data hands whole small blocks to the actors in turn."""
-    frames = []
+def run_local(plans: Sequence[ShardPlan], worker_kwargs: dict[str, Any], shard_root: str,
+              on_shard: Callable[[dict], None], on_persons: Callable[[int], None]) -> None:
+    worker = ShardWorker(shard_root, **worker_kwargs)
     for plan in plans:
-        for start in range(0, len(plan.frame), batch_size):
-            frames.append(plan.frame.iloc[start:start + batch_size].reset_index(drop=True))
-    return frames
+        on_shard(worker.compute(plan, on_persons))
 
 
-def run_local(frames: Sequence[pd.DataFrame], worker_kwargs: dict[str, Any], sink: Callable[[dict], None]) -> None:
-    worker = ObjectFeatureWorker(**worker_kwargs)
-    for frame in frames:
-        sink(worker({col: frame[col].to_numpy() for col in frame.columns}))
-
-
-def run_ray(frames: Sequence[pd.DataFrame], worker_kwargs: dict[str, Any], cfg: ObjectsConfig,
-            sink: Callable[[dict], None]) -> dict[str, Any]:
+def run_ray(plans: Sequence[ShardPlan], worker_kwargs: dict[str, Any], shard_root: str, cfg: ObjectsConfig,
+            on_shard: Callable[[dict], None]) -> dict[str, Any]:
+    """One Ray Data row per shard; each actor computes its shards and writes them where it runs."""
     import ray
 
     from core.ray_utils import autoscaling_pool, cluster_cpus, cluster_gpus
@@ -44,22 +36,24 @@ def run_ray(frames: Sequence[pd.DataFrame], worker_kwargs: dict[str, Any], cfg: 
         # One thread per actor, one actor per CPU: the actors, not torch's thread pool, use the cores.
         actors, resources = cfg.num_actors or cluster_cpus(), {"num_cpus": 1}
         worker_kwargs = {**worker_kwargs, "device": "cpu", "torch_threads": 1}
-    actors = max(1, min(actors, len(frames)))
+    actors = max(1, min(actors, len(plans)))
     if worker_kwargs["state_dict"] is not None:
         worker_kwargs["state_dict"] = ray.put(worker_kwargs["state_dict"])
     quiet_ray_data()
-    dataset = ray.data.from_pandas(list(frames))
-    dataset = dataset.map_batches(
-        ObjectFeatureWorker,
-        fn_constructor_kwargs=worker_kwargs,
-        batch_size=cfg.batch_size,
+    # A block per shard, and one shard at a time per actor: a shard is minutes of work on a big
+    # data set, and an actor with a queue of them would leave the others idle at the end.
+    dataset = ray.data.from_items([plan_row(plan) for plan in plans], override_num_blocks=len(plans))
+    summaries = dataset.map_batches(
+        ShardWorker,
+        fn_constructor_kwargs={"shard_root": shard_root, **worker_kwargs},
+        batch_size=1,
         batch_format="numpy",
-        compute=autoscaling_pool(actors),
-        udf_modifying_row_count=True,
+        compute=autoscaling_pool(actors, tasks_in_flight=1),
         **resources,
     )
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        sink(batch)
+    for batch in summaries.iter_batches(batch_size=None, batch_format="numpy"):
+        for i in range(len(batch["shard_key"])):
+            on_shard({name: values[i] for name, values in batch.items()})
     return {"actors": actors, "gpus_per_actor": resources.get("num_gpus", 0)}
 
 
@@ -115,20 +109,31 @@ def resolve_engine(cfg: ObjectsConfig, engine: str, images: int) -> tuple[str, s
                          cpus=os.cpu_count() or 1, gpu=torch.cuda.is_available())
 
 
-def compute_shards(plans: Sequence[ShardPlan], worker_kwargs: dict[str, Any], cfg: ObjectsConfig, engine: str,
-                   sink: Callable[[dict], None]) -> dict[str, Any]:
-    """Run `plans` on `engine` ("ray" or "local"; "auto": `resolve_engine`), feeding every result batch to `sink`."""
+def compute_shards(plans: Sequence[ShardPlan], worker_kwargs: dict[str, Any], shard_root: Path, cfg: ObjectsConfig,
+                   engine: str, on_shard: Callable[[dict], None], on_persons: Callable[[int], None]) -> dict[str, Any]:
+    """Compute and write `plans` on `engine` ("ray" or "local"; "auto": `resolve_engine`).
+
+    `on_shard` gets each written shard's summary (core/features/worker.py ShardWorker.compute);
+    `on_persons` counts persons as they are done, in-process only (from Ray, a shard at a time).
+    """
     if not plans:
         return {"engine": engine}  # nothing to compute: Ray is never started
     engine, why = resolve_engine(cfg, engine, sum(len(plan.frame) for plan in plans))
     execution: dict[str, Any] = {"engine": engine, "engine_reason": why}
     # "auto" was resolved above; objects.run resolves it first to say which before the work starts
-    frames = batch_frames(plans, cfg.batch_size)
+    writers: dict[str, int] = {}
+
+    def count_writer(summary: dict) -> None:
+        where = f"node {summary['node_id']}" if summary["node_id"] else "in-process"
+        writers[f"{where} pid {summary['pid']}"] = writers.get(f"{where} pid {summary['pid']}", 0) + 1
+        on_shard(summary)
+
     if engine == "ray":
         from core.ray_utils import ray_session
 
         with ray_session():
-            execution.update(run_ray(frames, worker_kwargs, cfg, sink))
+            execution.update(run_ray(plans, worker_kwargs, str(Path(shard_root).resolve()), cfg, count_writer))
     else:
-        run_local(frames, worker_kwargs, sink)
+        run_local(plans, worker_kwargs, str(shard_root), count_writer, on_persons)
+    execution["shards_written_by"] = writers
     return execution

@@ -47,7 +47,7 @@ from core.features.roi_model import (
     coco_categories,
     describe_extractor,
 )
-from core.features.shards import ShardCollector, shard_is_done
+from core.features.shards import shard_is_done
 from core.features.weights import WeightsChoice, resolve_weights
 from core.params import ObjectsConfig, Params
 from core.progress import Progress
@@ -71,7 +71,7 @@ def check_config(cfg: ObjectsConfig) -> None:
         raise UserError(f"objects.detector {cfg.detector!r} is not supported; use one of {list(SUPPORTED_DETECTORS)}")
     if cfg.boxes == "dataset" and not cfg.boxes_file:
         raise UserError("objects.boxes: dataset needs objects.boxes_file (a CSV under data.root)")
-    for name in ("top_n", "image_size", "batch_size", "shard_size"):
+    for name in ("top_n", "image_size", "shard_size"):
         if int(getattr(cfg, name)) < 1:
             raise UserError(f"objects.{name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.num_actors is not None and cfg.num_actors < 1:
@@ -172,21 +172,19 @@ def write_rejected(boxes: DatasetBoxes, out_dir: Path, log: Callable[[str], None
     return {"rejected_boxes": len(boxes.rejected), "clamped_boxes": boxes.clamped}
 
 
-def _computed_by_split(written: Sequence[str]) -> dict[str, list[int]]:
+def shard_logger(totals: dict[str, int], started: float, log: Callable[[str], None]):
+    """(a callback that logs each written shard, {split: shard indices written so far})."""
     computed: dict[str, list[int]] = defaultdict(list)
-    for key in written:
-        split, index = key.split("/")
-        computed[split].append(int(index))
-    return computed
 
+    def on_shard(summary: dict) -> None:
+        split, index = str(summary["split"]), int(summary["index"])
+        computed[split].append(index)
+        unreadable = int(summary["unreadable"])
+        log(f"objects: {split} shard {index + 1}/{totals[split]} done: {summary['images']} images, "
+            f"{summary['persons']} persons{f', {unreadable} persons on unreadable images' if unreadable else ''} "
+            f"({time.perf_counter() - started:.1f}s since start)")
 
-def counted(sink: Callable[[dict], None], progress: Progress) -> Callable[[dict], None]:
-    """`sink` that also counts the person rows of each batch as done."""
-    def add(batch: dict) -> None:
-        sink(batch)
-        progress.update(len(batch["shard_key"]))
-
-    return add
+    return on_shard, computed
 
 
 def run(params: Params, splits: Sequence[str] = SPLITS, out_dir: Path = DEFAULT_WORKSPACE.objects_dir,
@@ -226,19 +224,25 @@ def run(params: Params, splits: Sequence[str] = SPLITS, out_dir: Path = DEFAULT_
         engine, why = resolve_engine(cfg, engine, sum(len(plan.frame) for plan in pending))
         log(f"objects: engine {engine} ({why})")
     with Progress(sum(p.n_persons for p in pending), "objects: features", unit="persons") as progress:
-        collector = ShardCollector(pending, {s: w.shard_dir for s, w in work.items()},
-                                   {s: len(w.plans) for s, w in work.items()}, progress.around(log))
-        execution = compute_shards(pending, worker_kwargs, cfg, engine, counted(collector.add, progress))
-    if collector.missing():
-        raise RuntimeError(f"objects: shards {collector.missing()[:5]} got fewer person rows than planned")
+        logged, computed = shard_logger({s: len(w.plans) for s, w in work.items()}, time.perf_counter(),
+                                        progress.around(log))
+
+        def on_shard(summary: dict) -> None:
+            logged(summary)
+            if engine == "ray":  # in-process, persons are counted as they are done
+                progress.update(int(summary["persons"]))
+
+        execution = compute_shards(pending, worker_kwargs, shard_root, cfg, engine, on_shard, progress.update)
+    missing = sorted({p.key for p in pending} - {f"{s}/{i:05d}" for s, done in computed.items() for i in done})
+    if missing:
+        raise RuntimeError(f"objects: shards {missing[:5]} were not written")
     compute_seconds = time.perf_counter() - started
 
     meta_common = common_meta(cfg, boxes, choice, classes, fingerprint)
-    computed = _computed_by_split(collector.written)
     summary: dict[str, Any] = {"splits": {}, "weights": choice.as_dict(), "execution": execution,
                                "out_dir": str(out_dir), "shard_dir": str(shard_root)}
     for split, w in work.items():
-        summary["splits"][split] = finish_split(split, w, computed[split], out_dir / split, cfg.top_n, meta_common, log)
+        summary["splits"][split] = finish_split(split, w, sorted(computed[split]), out_dir / split, cfg.top_n, meta_common, log)
     if boxes is not None:
         summary.update(write_rejected(boxes, out_dir, log))
     summary["compute_seconds"] = round(compute_seconds, 3)

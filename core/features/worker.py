@@ -1,15 +1,21 @@
-"""The objects stage's batch worker: images named in a batch -> one row of arrays per person.
+"""The objects stage's workers: images -> one row of arrays per person; whole shards -> shard files.
 
-One class serves as the Ray Data `map_batches` callable (one instance per actor, the model built
-once) and as the in-process loop of `--engine local`. Both compute every image alone, through
-`extractor.people_objects`, so the numbers depend neither on how images were batched nor on which
-actor got them.
+`ObjectFeatureWorker` computes every image alone, through `extractor.people_objects`, so the
+numbers depend neither on how images were grouped nor on which process got them. `ShardWorker`
+is the unit of work of both engines: one instance per Ray Data actor (the model built once) or one
+in-process for `--engine local`; it computes a whole shard and writes it where it runs (data, then
+marker: core/features/shards.py), so the driver receives a few numbers per shard, not the arrays.
+On a cluster the shard folder is on the shared workspace volume (infra/README.md).
 """
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+import pandas as pd
 
 import numpy as np
 import torch
@@ -21,7 +27,9 @@ from core.features.extractor import (
     empty_person,
     people_objects,
 )
+from core.features.inputs import ShardPlan
 from core.features.roi_model import FEATURE_DIM, build_model
+from core.features.shards import write_shard
 from core.features.weights import WeightsChoice
 from core.params import ObjectsConfig
 
@@ -82,3 +90,56 @@ def stack_people(people: Sequence[PersonObjects], shard_keys: Sequence[str], top
         "status": np.array([p.status for p in people], dtype=object),
         "reason": np.array([p.reason for p in people], dtype=object),
     }
+
+
+PLAN_COLUMNS = ("shard_key", "image_path", "persons", "objects")
+
+
+def plan_row(plan: ShardPlan) -> dict[str, Any]:
+    """A shard plan as one Ray Data row (plain types only)."""
+    return {"split": plan.split, "index": plan.index, "n_persons": plan.n_persons, "fingerprint": plan.fingerprint,
+            "frame": plan.frame.to_json(orient="records")}
+
+
+def plan_from_row(split: Any, index: Any, n_persons: Any, fingerprint: Any, frame: Any) -> ShardPlan:
+    return ShardPlan(str(split), int(index), pd.DataFrame(json.loads(str(frame)), columns=list(PLAN_COLUMNS)),
+                     int(n_persons), str(fingerprint))
+
+
+
+
+class ShardWorker:
+    """Computes whole shards and writes each one under `shard_root/<split>/`; returns one summary per shard."""
+
+    def __init__(self, shard_root: str, **worker_kwargs: Any):
+        self.shard_root = Path(shard_root)
+        self.worker = ObjectFeatureWorker(**worker_kwargs)
+
+    def compute(self, plan: ShardPlan, on_persons: Callable[[int], None] | None = None,
+                node_id: str | None = None) -> dict[str, Any]:
+        """Compute and write one shard; its summary names the writer (`node_id`: the Ray node, None in-process)."""
+        started = time.perf_counter()
+        people: list[PersonObjects] = []
+        for image_path, persons, objects in zip(plan.frame["image_path"], plan.frame["persons"],
+                                                plan.frame["objects"]):
+            found = self.worker.process_image(str(image_path), json.loads(str(persons)), json.loads(str(objects)))
+            people.extend(found)
+            if on_persons is not None:
+                on_persons(len(found))
+        if len(people) != plan.n_persons:
+            raise RuntimeError(f"objects: shard {plan.key} got {len(people)} person rows, planned {plan.n_persons}")
+        rows = stack_people(people, [plan.key] * len(people), self.worker.cfg.top_n)
+        seconds = time.perf_counter() - started
+        write_shard(self.shard_root / plan.split, plan, rows, seconds)
+        return {"shard_key": plan.key, "split": plan.split, "index": plan.index, "images": len(plan.frame),
+                "persons": plan.n_persons, "unreadable": int(sum(p.status == STATUS_UNREADABLE for p in people)),
+                "seconds": round(seconds, 3), "node_id": node_id, "pid": os.getpid()}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Ray Data: rows of `plan_row`s in, their shard summaries out."""
+        import ray
+
+        node_id = ray.get_runtime_context().get_node_id()
+        done = [self.compute(plan_from_row(*values), node_id=node_id) for values in zip(
+            batch["split"], batch["index"], batch["n_persons"], batch["fingerprint"], batch["frame"])]
+        return {name: np.array([d[name] for d in done], dtype=object) for name in done[0]} if done else {}
