@@ -1,9 +1,9 @@
-"""Batch inference with Ray Data: every image of a folder or an S3 prefix -> one Parquet file.
+"""Batch inference with Ray Data: every image of a folder or an S3 prefix -> a folder of Parquet files.
 
-    ctxemo predict-batch photos/ --out predictions.parquet
-    ctxemo predict-batch photos/ --boxes boxes.csv --out predictions.parquet   # known person boxes
-    ctxemo predict-batch s3://bucket/prefix/in --out s3://bucket/prefix/out/predictions.parquet
-    ctxemo predict-batch            # CTXEMO_BATCH_INPUT_URI -> CTXEMO_BATCH_OUTPUT_URI/predictions.parquet
+    ctxemo predict-batch photos/ --out predictions/
+    ctxemo predict-batch photos/ --boxes boxes.csv --out predictions/   # known person boxes
+    ctxemo predict-batch s3://bucket/prefix/in --out s3://bucket/prefix/out/run-7
+    ctxemo predict-batch            # CTXEMO_BATCH_INPUT_URI -> CTXEMO_BATCH_OUTPUT_URI/predictions-<UTC time>
 
 Images are spread over a Ray Data actor pool (one CPU per actor; the model is loaded once by the
 driver, a registered one through MLflow as `ctxemo predict` loads it, and shared through the object
@@ -12,10 +12,14 @@ person. S3 locations go through `core.storage` (endpoint, region; credentials fr
 chain on every node). `--boxes` is a CSV `image,x1,y1,x2,y2` (image relative to SRC, one row per
 person); images it does not list get people detection.
 
-Output: one row per person (`person` null and `status` no_person / error for an image without one):
+Output: the actors write their rows themselves (`Dataset.write_parquet`), a Parquet file per
+block, into OUT (a folder, local or s3://; an existing one that holds files is refused unless
+`overwrite`); read it whole with `pyarrow.parquet.read_table(OUT)` or `pandas.read_parquet(OUT)`.
+One row per person (`person` null and `status` no_person / error for an image without one):
 image, person, box, box_source, detection_score, predicted, scores (in class order), top_objects
-(JSON), objects_source, status, error. The class names, task and model are in the file's schema
-metadata (`ctxemo.classes`, `ctxemo.task`, `ctxemo.model`).
+(a list of {label, weight, box, detector_score}), objects_source, status, error. The class names,
+task and model are in every file's schema metadata (`ctxemo.classes`, `ctxemo.task`,
+`ctxemo.model`). Rows are in no particular order across files.
 """
 from __future__ import annotations
 
@@ -39,7 +43,8 @@ SCHEMA = pa.schema([
     ("detection_score", pa.float32()),
     ("predicted", pa.list_(pa.string())),
     ("scores", pa.list_(pa.float32())),
-    ("top_objects", pa.string()),
+    ("top_objects", pa.list_(pa.struct([("label", pa.string()), ("weight", pa.float64()),
+                                        ("box", pa.list_(pa.float64())), ("detector_score", pa.float64())]))),
     ("objects_source", pa.string()),
     ("status", pa.string()),
     ("error", pa.string()),
@@ -92,10 +97,10 @@ def _relative(path: str, root: str) -> str:
 
 
 class BatchPredictor:
-    """Ray Data actor: one loaded model; a batch of images in, a DataFrame of person rows out."""
+    """Ray Data actor: one loaded model; a batch of images in, a typed Arrow table of person rows out."""
 
     def __init__(self, loaded, workspace: str, boxes: dict[str, list[list[float]]] | None,
-                 torch_threads: int | None = 1):
+                 schema: pa.Schema = SCHEMA, torch_threads: int | None = 1):
         import torch
 
         from pipelines.predict import Predictor
@@ -109,6 +114,7 @@ class BatchPredictor:
         self.loaded = loaded
         self.predictor = Predictor(loaded, Path(workspace))
         self.boxes = boxes or {}
+        self.schema = schema
 
     def _predict(self, image: str, path: str) -> list[dict[str, Any]]:
         try:
@@ -122,13 +128,11 @@ class BatchPredictor:
         for number, person in enumerate(prediction.people):
             rows.append(_row(image, person=number, box=[float(v) for v in person.box], box_source=person.box_source,
                              detection_score=person.detection_score, predicted=person.predicted,
-                             scores=[float(v) for v in person.scores], top_objects=json.dumps(person.top_objects),
+                             scores=[float(v) for v in person.scores], top_objects=person.top_objects,
                              objects_source=prediction.objects_source, status="ok"))
         return rows
 
-    def __call__(self, batch):
-        import pandas as pd
-
+    def __call__(self, batch) -> pa.Table:
         rows: list[dict[str, Any]] = []
         for i, image in enumerate(batch["image"]):
             if "bytes" in batch:
@@ -139,7 +143,7 @@ class BatchPredictor:
                     rows.extend(self._predict(str(image), staged.name))
             else:
                 rows.extend(self._predict(str(image), str(batch["path"][i])))
-        return pd.DataFrame({"record": [json.dumps(r) for r in rows]})
+        return pa.Table.from_pylist(rows, schema=self.schema)
 
 
 def _row(image: str, **values: Any) -> dict[str, Any]:
@@ -148,9 +152,37 @@ def _row(image: str, **values: Any) -> dict[str, Any]:
     return row
 
 
+def output_schema(loaded) -> pa.Schema:
+    """SCHEMA with the model's class names, task and source in its metadata."""
+    return SCHEMA.with_metadata({
+        "ctxemo.classes": json.dumps(loaded.package.classes), "ctxemo.task": loaded.package.task,
+        "ctxemo.model": loaded.source, "ctxemo.model_version": str(loaded.version)})
+
+
+def output_location(out: str, settings) -> tuple[Any, str]:
+    """(pyarrow filesystem or None, path): a local folder made absolute, since Ray workers have their own cwd."""
+    filesystem, path = settings.filesystem_and_path(out)
+    return (filesystem, path) if filesystem is not None else (None, str(Path(path).resolve()))
+
+
+def check_output(out: str, settings, overwrite: bool) -> None:
+    """A clear error before any work when OUT is a file or a folder already holding files."""
+    from pyarrow import fs
+
+    filesystem, path = output_location(out, settings)
+    filesystem = filesystem or fs.LocalFileSystem()
+    info = filesystem.get_file_info(path)
+    if info.type == fs.FileType.File:
+        raise UserError(f"--out {out} is a file; predict-batch writes a folder of Parquet files")
+    if info.type == fs.FileType.Directory and not overwrite and filesystem.get_file_info(
+            fs.FileSelector(path, recursive=True)):
+        raise UserError(f"--out {out} already holds files: choose a new folder, or pass --overwrite to replace them")
+
+
 def run(src: str, out: str, model: str, *, workspace: Path = Path("."), boxes_file: Path | None = None,
-        batch_size: int = 4, settings=None) -> dict[str, Any]:
-    """Predict every image under `src`, write `out` (a .parquet path, local or s3://); returns a summary."""
+        batch_size: int = 4, overwrite: bool = False, settings=None) -> dict[str, Any]:
+    """Predict every image under `src`; the actors write the rows to the folder `out` (local or s3://)."""
+    import pyarrow.parquet as pq
     import ray
 
     from core.ray_utils import autoscaling_pool, cluster_cpus, ray_session
@@ -162,11 +194,13 @@ def run(src: str, out: str, model: str, *, workspace: Path = Path("."), boxes_fi
     filesystem, files, root = list_images(src, settings)
     if not files:
         raise UserError(f"{src}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    check_output(out, settings, overwrite)
     boxes = read_boxes(boxes_file) if boxes_file is not None else None
     # Loaded once, here (a bad --model fails before any work), and shared with the actors through
     # the object store: they need no access to the MLflow store.
     loaded = load_model(model, workspace)
     images = [_relative(f, root) for f in files]
+    out_filesystem, out_path = output_location(out, settings)
     with ray_session():
         loaded_ref = ray.put(loaded)
         if filesystem is None:
@@ -178,31 +212,20 @@ def run(src: str, out: str, model: str, *, workspace: Path = Path("."), boxes_fi
         actors = max(1, min(cluster_cpus(), batches))
         predicted = dataset.map_batches(
             BatchPredictor, fn_constructor_kwargs={"loaded": loaded_ref, "workspace": str(Path(workspace).resolve()),
-                                                   "boxes": boxes},
+                                                   "boxes": boxes, "schema": output_schema(loaded)},
             batch_size=batch_size, batch_format="numpy", compute=autoscaling_pool(actors),
             num_cpus=1, udf_modifying_row_count=True)
-        records = [json.loads(r) for batch in predicted.iter_batches(batch_format="numpy", batch_size=None)
-                   for r in batch["record"]]
-    records.sort(key=lambda r: (r["image"], -1 if r["person"] is None else r["person"]))
-    table = pa.Table.from_pylist(records, schema=SCHEMA).replace_schema_metadata({
-        "ctxemo.classes": json.dumps(loaded.package.classes), "ctxemo.task": loaded.package.task,
-        "ctxemo.model": loaded.source, "ctxemo.model_version": str(loaded.version)})
-    write_parquet(table, out, settings)
-    statuses = [r["status"] for r in records]
+        predicted.write_parquet(out_path, filesystem=out_filesystem,
+                                mode=ray.data.SaveMode.OVERWRITE if overwrite else ray.data.SaveMode.APPEND)
+    # What the workers wrote, counted from the files themselves (one column read back).
+    statuses = pq.read_table(out_path, columns=["status"], filesystem=out_filesystem).column("status").to_pylist()
     return {"images": len(files), "people": statuses.count("ok"), "no_person": statuses.count("no_person"),
             "errors": statuses.count("error"), "out": out, "actors": actors,
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def write_parquet(table: pa.Table, out: str, settings) -> None:
-    import pyarrow.parquet as pq
-
-    filesystem, path = settings.filesystem_and_path(out)
-    if filesystem is None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, filesystem=filesystem)
-
-
 def default_locations(settings) -> tuple[str, str]:
-    """(input, output .parquet) from CTXEMO_BATCH_INPUT_URI / CTXEMO_BATCH_OUTPUT_URI or the bucket layout."""
-    return settings.batch_input_uri(), settings.batch_output_uri().rstrip("/") + "/predictions.parquet"
+    """(input, output folder) from CTXEMO_BATCH_INPUT_URI / CTXEMO_BATCH_OUTPUT_URI or the bucket layout;
+    each run gets a folder of its own, named by its UTC start time."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return settings.batch_input_uri(), f"{settings.batch_output_uri().rstrip('/')}/predictions-{stamp}"

@@ -395,13 +395,14 @@ def predict_images(
 @app.command("predict-batch")
 def predict_batch(
     src: str | None = typer.Argument(None, help="a folder or s3://bucket/prefix [default: CTXEMO_BATCH_INPUT_URI]"),
-    out: str | None = typer.Option(None, "--out", help="the .parquet to write, local or s3:// [default: CTXEMO_BATCH_OUTPUT_URI/predictions.parquet]"),
+    out: str | None = typer.Option(None, "--out", help="the folder the Parquet files go to, local or s3:// [default: CTXEMO_BATCH_OUTPUT_URI/predictions-<UTC time>]"),
     model: str | None = typer.Option(None, "--model", help="as for `ctxemo predict` [default: the champion]"),
     boxes: Path | None = typer.Option(None, "--boxes", help="CSV image,x1,y1,x2,y2 of known people (image relative to SRC)"),
     batch_size: int = typer.Option(4, min=1, help="images per Ray Data batch"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the files already in --out"),
     params_file: Path = typer.Option(DEFAULT_WORKSPACE.params_file, "--params"),
 ) -> None:
-    """Predict every image of a folder or S3 prefix with Ray Data; write one Parquet of per-person predictions."""
+    """Predict every image of a folder or S3 prefix with Ray Data; the workers write per-person rows as Parquet."""
     import json
 
     from core.errors import UserError
@@ -415,7 +416,8 @@ def predict_batch(
             src, out = src or default_src, out or default_out
         if model is None:
             model = predict.default_model_uri(_registered_name(_workspace_params(params_file)))
-        summary = batch_predict.run(src, out, model, boxes_file=boxes, batch_size=batch_size, settings=settings)
+        summary = batch_predict.run(src, out, model, boxes_file=boxes, batch_size=batch_size,
+                                    overwrite=overwrite, settings=settings)
     except UserError as exc:
         _fail(str(exc))
     typer.echo(json.dumps(summary, indent=2))

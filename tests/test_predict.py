@@ -275,15 +275,19 @@ def test_batch_prediction_writes_the_same_per_person_numbers_to_parquet(champion
     src = data_root / "images"
     boxes_csv.write_text("image,x1,y1,x2,y2\n" + "".join(  # image paths relative to SRC
         f"{Path(p).relative_to('images').as_posix()},{a},{b},{c},{d}\n" for p, a, b, c, d in rows))
-    out = tmp_path / "predictions.parquet"
+    out = tmp_path / "predictions"
 
     summary = batch_predict.run(str(src), str(out), champion["uri"], workspace=champion["workspace"],
                                 boxes_file=boxes_csv, batch_size=4)
 
+    written = sorted(out.glob("*.parquet"))
+    assert len(written) >= 2, "the actors write a file per block, not the driver one file"
     table = pq.read_table(out)
-    assert json.loads(table.schema.metadata[b"ctxemo.classes"]) == reference[0].classes
+    assert all(json.loads(pq.read_schema(f).metadata[b"ctxemo.classes"]) == reference[0].classes for f in written)
+    assert table.schema.field("top_objects").type == batch_predict.SCHEMA.field("top_objects").type
     frame = table.to_pandas()
     assert summary["images"] == len(list(src.iterdir())) == frame["image"].nunique()
+    assert summary["people"] == int((frame["status"] == "ok").sum())
     assert set(frame["status"]) <= {"ok", "no_person"}
     # the actors compute with one torch thread, as the objects stage's Ray actors do
     threads = torch.get_num_threads()
@@ -298,9 +302,11 @@ def test_batch_prediction_writes_the_same_per_person_numbers_to_parquet(champion
             for (_, got), want in zip(image_rows.sort_values("person").iterrows(), expected.people):
                 np.testing.assert_array_equal(np.asarray(got["scores"], np.float32), want.scores)
                 assert list(got["predicted"]) == want.predicted
-                assert json.loads(got["top_objects"]) == want.top_objects
+                assert [{**o, "box": list(o["box"])} for o in got["top_objects"]] == want.top_objects
     finally:
         torch.set_num_threads(threads)
+    with pytest.raises(UserError, match="already holds files.*--overwrite"):
+        batch_predict.run(str(src), str(out), champion["uri"], workspace=champion["workspace"])
 
 
 def test_rescoring_the_champion_on_the_workspace_reproduces_its_evaluation(champion, tiny_workspace, tmp_path):
