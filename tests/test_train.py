@@ -11,6 +11,7 @@ import ray
 import torch
 
 from core import faults
+from core.data.manifest import read_manifest
 from core.params import apply_overrides, params_from_dict
 from core.training import loop, trainer
 from core.training.inputs import object_feature_stats, worker_config
@@ -178,11 +179,14 @@ def test_frozen_backbone_trains_on_cached_maps_and_the_exported_model_agrees_on_
 
     caches = [p.parent for p in Path(paths.body_cache_root).glob("*/train.body.npy")]
     assert len(caches) == 1
-    # built by a Ray task (a worker process of the cluster), not in this driver
+    # built by a Ray Data job (actor processes of the cluster), not in this driver
     # (an earlier test of the session may have built the same maps: this run then reused them)
     built = summary["body_cache"]
     assert built["dir"] == str(caches[0]) and sorted(built["built"] + built["reused"]) == ["train", "val"]
-    assert built["pid"] != os.getpid() and built["node_id"] in {n["NodeID"] for n in ray.nodes()}
+    if built["built"]:
+        assert os.getpid() not in built["writer_pids"] and built["writer_pids"]
+        assert set(built["written_by"]) <= {n["NodeID"] for n in ray.nodes()}
+        assert sum(built["written_by"].values()) == sum(len(read_manifest(s, paths.manifest_dir)) for s in built["built"])
     fingerprint = json.loads((caches[0] / "fingerprint.json").read_text())
     assert fingerprint["format"] == body_cache.FORMAT_VERSION == 3
     assert list(fingerprint["views"]) == ["body"] == list(body_cache.cached_views(params))
@@ -216,3 +220,31 @@ def test_frozen_backbone_trains_on_cached_maps_and_the_exported_model_agrees_on_
     again = trainer.run(params, tiny_workspace.train_paths("frozen-again"), track=False)
     assert {p: p.stat().st_mtime_ns for p in caches[0].glob("*.npy")} == before
     assert again["body_cache"]["built"] == [] and again["body_cache"]["reused"] == ["train", "val"]
+
+
+def test_the_ray_data_body_cache_is_written_by_actors_and_equals_the_in_process_one(tiny_workspace, ray_local,
+                                                                                     tmp_path):
+    from core.training import body_cache
+
+    params = params_from_dict(apply_overrides(tiny_workspace.params_dict, {"train.batch_size": 4}))
+    paths = tiny_workspace.train_paths("frozen-ray").resolved()
+    on_ray = body_cache.run_on_ray(params, paths, cache_root=tmp_path / "ray", dtype="float32", log=lambda _: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each actor (one CPU each)
+    try:
+        local = body_cache.run(params, paths, cache_root=tmp_path / "local", dtype="float32", log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+
+    rows = {split: len(read_manifest(split, paths.manifest_dir)) for split in ("train", "val")}
+    assert on_ray["built"] == ["train", "val"] and on_ray["fingerprint"] == local["fingerprint"]
+    assert os.getpid() not in on_ray["writer_pids"] and local["writer_pids"] == [os.getpid()]
+    assert set(on_ray["written_by"]) <= {n["NodeID"] for n in ray.nodes()}
+    assert sum(on_ray["written_by"].values()) == sum(rows.values())
+    for split in ("train", "val"):
+        for key in on_ray["keys"]:
+            got = np.load(Path(on_ray["dir"]) / f"{split}.{key}.npy")
+            want = np.load(Path(local["dir"]) / f"{split}.{key}.npy")
+            assert got.shape[0] == rows[split] and got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"{split}.{key}")
+    assert not list(Path(on_ray["dir"]).glob("*.partial.npy"))

@@ -23,10 +23,12 @@ folder is built; nothing is ever reused stale.
 The trunks run in eval mode (BatchNorm with its running statistics), which is what "frozen"
 means: a normal, unfrozen training run uses batch statistics instead.
 
-`run_on_ray` runs `run` as a Ray task that asks for the CPUs of one training worker (and a GPU
-when the cluster has one), so on a cluster the trunks run on a worker node, never in the driver
-(a CPU-only head); the folder must be on storage every node shares (the workspace), as the
-training workers read it from there.
+`run_on_ray` fills the arrays with a Ray Data job: each split is cut into row ranges of whole
+batches, and an actor pool (each actor reserving a training worker's CPUs, and a GPU when the
+cluster has one) runs the trunks on them and writes the rows straight into the memory-mapped
+files. So on a cluster the trunks run on the worker nodes, never in the driver (a CPU-only head,
+which only runs them on one person to learn the shapes); the folder must be on storage every
+node shares (the workspace), as the training workers read it from there.
 """
 from __future__ import annotations
 
@@ -201,79 +203,170 @@ def _split_complete(folder: Path, split: str, keys: tuple[str, ...], rows: int) 
     return meta.get("rows") == rows and sorted(meta.get("shapes", {})) == sorted(keys)
 
 
-def _extract_split(model, dataset, out_files: dict[str, Path], dtype: str, batch_size: int, workers: int,
-                   device) -> dict[str, tuple]:
-    import torch
-    from torch.utils.data import DataLoader
+class SplitFiller:
+    """Writes the frozen trunks' outputs of row ranges of a split into its (pre-made) arrays.
 
-    encoders = model.frozen_inputs()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    # A name of its own per builder: two processes (an ablation and a sweep, two sweeps) may
-    # build the same fingerprint at once; each writes its own files and the last rename wins
-    # (the contents are identical: the same seeded trunks on the same crops).
+    One per process: the model is built once (seeded exactly as training builds it) and a split's
+    dataset once. In-process it fills whole splits; as a Ray Data actor (`run_on_ray`) it fills
+    the row ranges it is handed, writing straight into the memory-mapped files on shared storage,
+    so the driver never holds the maps.
+    """
+
+    def __init__(self, params: Params, paths: Workspace, files: dict[str, dict[str, str]], dtype: str,
+                 device: str | None = None, torch_threads: int | None = None):
+        import torch
+
+        from core.data.manifest import read_labels
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.params, self.paths, self.dtype = params, paths, dtype
+        self.files = files  # {split: {key: partial .npy}}
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.num_classes = len(read_labels(paths.labels_json))
+        self.model = frozen_model(params, paths, self.num_classes).to(self.device)
+        self.datasets: dict[str, Any] = {}
+
+    def dataset(self, split: str):
+        if split not in self.datasets:
+            self.datasets[split] = split_dataset(self.params, self.paths, split, self.num_classes)
+        return self.datasets[split]
+
+    def fill(self, split: str, start: int, stop: int) -> int:
+        """Rows [start, stop) of `split`, in batches of train.batch_size; returns how many."""
+        import torch
+        from torch.utils.data import DataLoader, Subset
+
+        encoders = self.model.frozen_inputs()
+        arrays = {key: np.load(path, mmap_mode="r+") for key, path in self.files[split].items()}
+        loader = DataLoader(Subset(self.dataset(split), range(start, stop)), batch_size=self.params.train.batch_size,
+                            shuffle=False, num_workers=self.params.train.loader_workers)
+        row = start
+        with torch.no_grad():
+            for batch in loader:
+                for key, frozen in encoders.items():
+                    stored = frozen.encode(batch[frozen.view].to(self.device)).float().cpu().numpy().astype(self.dtype)
+                    if not np.isfinite(stored).all():
+                        raise UserError(f"frozen {key} values overflow {self.dtype} in {Path(arrays[key].filename).parent}: "
+                                        "set tune.cache_dtype: float32")
+                    arrays[key][row:row + len(stored)] = stored
+                row += len(batch["index"])
+        for array in arrays.values():
+            array.flush()
+        return row - start
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Ray Data: rows of (split, start, stop) in; what each wrote, and where, out."""
+        import ray
+
+        rows = [self.fill(str(split), int(a), int(b)) for split, a, b in zip(batch["split"], batch["start"], batch["stop"])]
+        node = ray.get_runtime_context().get_node_id()
+        return {"split": batch["split"], "rows": np.array(rows), "node_id": np.array([node] * len(rows), dtype=object),
+                "pid": np.array([os.getpid()] * len(rows))}
+
+
+def split_dataset(params: Params, paths: Workspace, split: str, num_classes: int):
+    """The split's PersonDataset decoding only the views the frozen trunks read."""
+    from core.data.dataset import FACE_VIEWS, PersonDataset
+    from core.data.labels import task_of
+    from core.data.manifest import read_manifest
+    from core.data.person_inputs import read_face_boxes
+
+    specs = cached_views(params)
+    manifest = read_manifest(split, paths.manifest_dir)
+    faces = (read_face_boxes(paths.detections_dir, split, manifest, params.data.kind)
+             if FACE_VIEWS & set(specs) else None)
+    return PersonDataset(manifest, paths.data_root, num_classes=num_classes, task=task_of(params.data.kind),
+                         views=tuple(specs), view_specs=specs, face_boxes=faces)
+
+
+def make_partial_arrays(model, dataset, folder: Path, split: str, keys: tuple[str, ...], dtype: str
+                        ) -> dict[str, str]:
+    """Empty arrays of the split's shapes, under names of their own (renamed when complete).
+
+    A name of its own per builder: two processes (an ablation and a sweep, two sweeps) may build
+    the same fingerprint at once; each writes its own files and the last rename wins (the
+    contents are identical: the same seeded trunks on the same crops). The shapes come from the
+    trunks run on the split's first person.
+    """
+    import torch
+
+    if len(dataset) == 0:
+        raise UserError(f"an empty split: nothing to cache in {folder} ({split})")
+    first = dataset[0]
     suffix = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    partial = {key: path.with_name(f"{path.name}.{suffix}.partial.npy") for key, path in out_files.items()}
-    arrays: dict[str, np.ndarray] = {}
-    row = 0
+    partial = {}
     with torch.no_grad():
-        for batch in loader:
-            for key, frozen in encoders.items():
-                values = frozen.encode(batch[frozen.view].to(device)).float().cpu().numpy()
-                if key not in arrays:
-                    arrays[key] = np.lib.format.open_memmap(partial[key], mode="w+", dtype=dtype,
-                                                            shape=(len(dataset), *values.shape[1:]))
-                stored = values.astype(dtype)
-                if not np.isfinite(stored).all():
-                    raise UserError(f"frozen {key} values overflow {dtype} in {out_files[key].parent}: "
-                                    "set tune.cache_dtype: float32")
-                arrays[key][row:row + len(values)] = stored
-            row += len(batch["index"])
-    if not arrays:
-        raise UserError(f"an empty split: nothing to cache in {next(iter(out_files.values())).parent}")
-    shapes = {}
-    for key, array in arrays.items():
-        shapes[key] = tuple(array.shape)
-        array.flush()
-    arrays.clear()
-    for key, path in out_files.items():
-        os.replace(partial[key], path)  # a crash mid-split never leaves a file that looks complete
-    return shapes
+        for key, frozen in model.frozen_inputs().items():
+            device = next(model.parameters()).device
+            shape = tuple(frozen.encode(first[frozen.view][None].to(device)).shape[1:])
+            path = folder / f"{split}.{key}.{suffix}.partial.npy"
+            np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(len(dataset), *shape)).flush()
+            partial[key] = str(path)
+    return partial
+
+
+def fill_in_process(filler: SplitFiller, rows: dict[str, int]) -> tuple[dict[str, int], list[int]]:
+    for split, count in rows.items():
+        filler.fill(split, 0, count)
+    return {"in-process": sum(rows.values())}, [os.getpid()]
+
+
+def fill_on_ray(filler_args: dict[str, Any], rows: dict[str, int], num_cpus: float, num_gpus: int,
+                batch_size: int) -> tuple[dict[str, int], list[int]]:
+    """The row ranges of every split over a Ray Data actor pool; ({node id: rows written there}, pids)."""
+    import ray
+
+    from core.ray_utils import autoscaling_pool, cluster_cpus, user_error_in
+
+    # Ranges of whole batches (the same batches as in-process), a few per actor for balance.
+    actors = max(1, int(cluster_cpus() // max(num_cpus, 1)))
+    chunk = max(batch_size, -(-sum(rows.values()) // (4 * actors) // batch_size) * batch_size)
+    ranges = [{"split": split, "start": a, "stop": min(a + chunk, count)}
+              for split, count in rows.items() for a in range(0, count, chunk)]
+    dataset = ray.data.from_items(ranges, override_num_blocks=len(ranges))
+    written = dataset.map_batches(SplitFiller, fn_constructor_kwargs={
+        **filler_args, "torch_threads": None if num_gpus else max(1, int(num_cpus))},
+        batch_size=1, batch_format="numpy", compute=autoscaling_pool(min(actors, len(ranges)), tasks_in_flight=1),
+        num_cpus=num_cpus, num_gpus=num_gpus)
+    by_node: dict[str, int] = {}
+    pids: set[int] = set()
+    try:
+        for batch in written.iter_batches(batch_size=None, batch_format="numpy"):
+            for node, count, pid in zip(batch["node_id"], batch["rows"], batch["pid"]):
+                by_node[str(node)] = by_node.get(str(node), 0) + int(count)
+                pids.add(int(pid))
+    except Exception as exc:  # Ray wraps what the actor raised; a user's mistake keeps its message
+        raise user_error_in(exc) or exc
+    if sum(by_node.values()) != sum(rows.values()):
+        raise RuntimeError(f"body cache: {sum(by_node.values())} rows written of {sum(rows.values())}")
+    return by_node, sorted(pids)
 
 
 def run_on_ray(params: Params, paths: Workspace, num_cpus: float | None = None, **options: Any) -> dict[str, Any]:
-    """`run` as a Ray task (see the module docstring) reserving `num_cpus` (default: a training
-    worker's `train.cpus_per_worker`, else 1); its summary says where it ran (`node_id`, `pid`)."""
-    import ray
-
+    """`run` with the trunks on a Ray Data actor pool (see the module docstring); each actor reserves
+    `num_cpus` (default: a training worker's `train.cpus_per_worker`, else 1) and a GPU when the
+    cluster has one. The summary's `written_by` says which nodes wrote how many rows."""
     from core.ray_utils import cluster_gpus, init_ray
 
     init_ray()
-    resources = {"num_cpus": num_cpus or params.train.cpus_per_worker or 1,
-                 "num_gpus": 1 if cluster_gpus() > 0 else 0}
-    task = ray.remote(**resources)(_run_and_say_where)
-    return ray.get(task.remote(params, paths.resolved(), **options))
-
-
-def _run_and_say_where(params: Params, paths: Workspace, **options: Any) -> dict[str, Any]:
-    import ray
-
-    return {**run(params, paths, **options), "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+    return run(params, paths, ray_resources={"num_cpus": num_cpus or params.train.cpus_per_worker or 1,
+                                             "num_gpus": 1 if cluster_gpus() > 0 else 0}, **options)
 
 
 def run(params: Params, paths: Workspace, *, cache_root: Path | None = None, splits: tuple[str, ...] = ("train", "val"),
-        dtype: str | None = None, device: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+        dtype: str | None = None, device: str | None = None, ray_resources: dict[str, Any] | None = None,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
     """Build (or reuse) the frozen trunks' outputs of `splits`; returns the folder and what was done.
 
     `paths`: the workspace (manifest, objects, data root); `cache_root` defaults to its body_cache_root.
     The summary's `keys` are what the loaders read from the folder (`split_files`), `decoded` the
     pixel views the model still decodes with its trunks frozen (none for the flagship).
+    `ray_resources` ({num_cpus, num_gpus} per actor): fill the arrays on Ray Data (`run_on_ray`).
     """
     import torch
 
-    from core.data.dataset import FACE_VIEWS, PersonDataset
-    from core.data.labels import task_of
-    from core.data.manifest import read_labels, read_manifest
-    from core.data.person_inputs import read_face_boxes
+    from core.data.manifest import read_manifest
 
     dtype = dtype or params.tune.cache_dtype
     if dtype not in DTYPES:
@@ -284,9 +377,9 @@ def run(params: Params, paths: Workspace, *, cache_root: Path | None = None, spl
     folder.mkdir(parents=True, exist_ok=True)
     _write_atomic(folder / "fingerprint.json", json.dumps(inputs, indent=2))
 
-    num_classes = len(read_labels(paths.labels_json))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = frozen_model(params, paths, num_classes).to(device)
+    device = device or ("cuda" if torch.cuda.is_available() and not ray_resources else "cpu")
+    filler = SplitFiller(params, paths, {}, dtype, device)  # here: the shapes, the views, the checks
+    model = filler.model
     encoders = model.frozen_inputs()
     keys = tuple(encoders)
     specs = cached_views(params)
@@ -294,30 +387,45 @@ def run(params: Params, paths: Workspace, *, cache_root: Path | None = None, spl
     if set(views) != set(specs):
         raise UserError(f"model {params.model.name!r}: its frozen trunks read {list(views)}, but the cache "
                         f"fingerprints {list(specs)} (core/training/body_cache.py FROZEN_PATHS)")
-    built, reused, shapes = [], [], {}
-    for split in splits:
-        manifest = read_manifest(split, paths.manifest_dir)
-        if _split_complete(folder, split, keys, len(manifest)):
-            reused.append(split)
-            continue
-        faces = (read_face_boxes(paths.detections_dir, split, manifest, params.data.kind)
-                 if FACE_VIEWS & set(views) else None)
-        dataset = PersonDataset(manifest, paths.data_root, num_classes=num_classes, task=task_of(params.data.kind),
-                                views=views, view_specs=specs, face_boxes=faces)
-        split_started = time.perf_counter()
-        split_shapes = _extract_split(model, dataset, split_files(folder, split, keys), dtype,
-                                      params.train.batch_size, params.train.loader_workers, device)
+    manifests = {split: read_manifest(split, paths.manifest_dir) for split in splits}
+    reused = [s for s in splits if _split_complete(folder, s, keys, len(manifests[s]))]
+    todo = [s for s in splits if s not in reused]
+    for split in todo:
+        filler.files[split] = make_partial_arrays(model, filler.dataset(split), folder, split, keys, dtype)
+    fill_started = time.perf_counter()
+    rows = {split: len(manifests[split]) for split in todo}
+    try:
+        if not todo:
+            written_by, pids = {}, []
+        elif ray_resources:
+            filler_args = {"params": params, "paths": paths.resolved(), "files": filler.files, "dtype": dtype}
+            written_by, pids = fill_on_ray(filler_args, rows, ray_resources["num_cpus"], ray_resources["num_gpus"],
+                                           params.train.batch_size)
+        else:
+            written_by, pids = fill_in_process(filler, rows)
+    except BaseException:
+        for files in filler.files.values():
+            for path in files.values():
+                Path(path).unlink(missing_ok=True)
+        raise
+    shapes = {}
+    for split in todo:
+        split_shapes = {}
+        for key, path in filler.files[split].items():
+            split_shapes[key] = np.load(path, mmap_mode="r").shape
+            os.replace(path, split_files(folder, split, [key])[key])  # a crash never leaves a file that looks complete
         _write_atomic(folder / f"{split}.json", json.dumps({
-            "rows": len(manifest), "shapes": {key: list(shape) for key, shape in split_shapes.items()},
-            "dtype": dtype,
-            "sample_ids_sha256": hashlib.sha256("\n".join(manifest["sample_id"]).encode()).hexdigest(),
+            "rows": rows[split], "shapes": {key: list(shape) for key, shape in split_shapes.items()}, "dtype": dtype,
+            "sample_ids_sha256": hashlib.sha256("\n".join(manifests[split]["sample_id"]).encode()).hexdigest(),
         }, indent=2))
         shapes[split] = {key: list(shape) for key, shape in split_shapes.items()}
-        built.append(split)
         described = ", ".join(f"{key} {list(shape[1:])}" for key, shape in split_shapes.items())
-        log(f"[body_cache] {split}: {len(manifest)} persons, {described} {dtype} "
-            f"in {time.perf_counter() - split_started:.1f} s -> {folder}")
+        log(f"[body_cache] {split}: {rows[split]} persons, {described} {dtype} -> {folder}")
+    if todo:
+        log(f"[body_cache] {sum(rows.values())} persons in {time.perf_counter() - fill_started:.1f} s, written by "
+            + ", ".join(f"{where[:12]} ({count} rows)" for where, count in written_by.items()))
     model.freeze_backbone()
     decoded = [view for view in model.views if view != "objects" and view not in keys]
-    return {"dir": str(folder), "fingerprint": folder.name, "keys": list(keys), "decoded": decoded, "built": built,
-            "reused": reused, "shapes": shapes, "seconds": round(time.perf_counter() - started, 1)}
+    return {"dir": str(folder), "fingerprint": folder.name, "keys": list(keys), "decoded": decoded, "built": todo,
+            "reused": reused, "shapes": shapes, "written_by": written_by, "writer_pids": pids,
+            "seconds": round(time.perf_counter() - started, 1)}

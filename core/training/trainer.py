@@ -176,7 +176,8 @@ def run(params: Params, paths: Workspace, *, track: bool = True, run_name: str |
             raise result.error
         summary = _export(result, config, paths, mlflow_run, plan)
     if built:
-        summary["body_cache"] = {key: built[key] for key in ("dir", "built", "reused", "seconds", "node_id", "pid")}
+        summary["body_cache"] = {key: built[key] for key in ("dir", "built", "reused", "seconds", "written_by",
+                                                             "writer_pids")}
     summary["checkpoints_dropped"] = drop_checkpoints(result)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     (Path(paths.train_report_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -263,9 +264,9 @@ def drop_checkpoints(result) -> int:
 
 
 def frozen_backbone_cache(params: Params, paths: Workspace) -> dict[str, Any] | None:
-    """With `train.frozen_backbone`, the backbone maps of train and val (built now, as a Ray task on a
-    node with a training worker's resources, or reused when the backbone, its weights and the
-    manifests are unchanged): body_cache.run's summary, with where it ran; else None.
+    """With `train.frozen_backbone`, the backbone maps of train and val (built now, by a Ray Data job
+    whose actors have a training worker's resources, or reused when the backbone, its weights and
+    the manifests are unchanged): body_cache.run's summary, with which nodes wrote them; else None.
 
     float32, so the maps the heads train on are the maps the exported model (which runs its
     backbone, in eval mode, on crops) computes at evaluation and serving.
@@ -278,8 +279,9 @@ def frozen_backbone_cache(params: Params, paths: Workspace) -> dict[str, Any] | 
     init_ray(include_dashboard=True)  # as `fit` starts it (Ray Train V2 polls the state API)
     cache = body_cache.run_on_ray(params, paths, cache_root=Path(paths.body_cache_root).resolve(), dtype="float32",
                                   log=_log)
-    _log(f"frozen backbone: maps in {cache['dir']} (built {cache['built'] or 'nothing'}, "
-         f"reused {cache['reused'] or 'nothing'}, on node {cache['node_id'][:12]})")
+    nodes = ", ".join(node[:12] for node in cache["written_by"])
+    _log(f"frozen backbone: maps in {cache['dir']} (built {cache['built'] or 'nothing'}"
+         f"{f' on node(s) {nodes}' if nodes else ''}, reused {cache['reused'] or 'nothing'})")
     cache["dir"] = str(cache["dir"])
     return cache
 
