@@ -44,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             print(f"objects: {split}: incomplete ({len(entry['computed']) + len(entry['reused'])}/{entry['shards']} "
                   f"shards); run again to resume")
+    writers = summary["execution"].get("shards_written_by", {})
+    if writers:
+        print("objects: shards written by " + ", ".join(f"{who} ({count})" for who, count in writers.items()))
     print(f"objects: done in {summary['seconds']:.1f}s")
 
 

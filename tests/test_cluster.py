@@ -5,8 +5,9 @@ One run, in the order a user meets it:
    S3 (`ctxemo storage dvc-remote`), code, dvc.yaml, params.yaml and raw.dvc committed and pushed
    to a bare git remote. No stage has run.
 2. `ctxemo retrain --push` with RAY_ADDRESS, MLFLOW_TRACKING_URI and the S3 settings exported: every
-   stage through DVC as a Prefect task on the cluster, training with 2 Ray Train workers, one per
-   node (each node has 1 CPU, each worker reserves 1).
+   stage through DVC as a Prefect task on the cluster (the objects stage on Ray Data, its actors
+   writing the shards), training with 2 Ray Train workers, one per node (each node has 1 CPU,
+   each worker reserves 1).
 3. Mid-training, once epoch 0's checkpoint is in S3, the worker node's raylet is killed (a lost
    machine) and a replacement node joins; Ray Train's FailureConfig restarts the worker group from
    that checkpoint on the head and the new node, and the run finishes: evaluate, register, promote,
@@ -104,6 +105,7 @@ def workspace(tiny_workspace, cluster_env, tmp_path_factory) -> tuple[Path, Path
     params = json.loads(json.dumps(tiny_workspace.params_dict))
     params["data"]["root"] = params["synth"]["out"] = "raw"
     params["train"].update({"epochs": EPOCHS, "num_workers": 2, "cpus_per_worker": 1, "max_failures": 2})
+    params["objects"]["engine"] = "ray"  # auto would compute 16 images in-process
     params["registry"] = {"model_name": MODEL_NAME, "min_improvement": 0.005}
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(ws, "git", "init", "-q", "-b", "main")
@@ -157,6 +159,10 @@ def test_retrain_on_two_nodes_survives_a_lost_node_and_a_fresh_clone_serves_the_
     assert all(s["outcome"] == "ran" for s in stages if not s["step"].endswith(".dvc")), stages
     nodes_of_steps = {s["ray_node_id"] for s in summary["steps"] if s.get("ray_node_id")}
     assert nodes_of_steps <= {ray_nodes.head, first_worker_node, replacement}
+    # The objects stage's Ray Data actors wrote its shards themselves, on the cluster's nodes
+    writers = re.findall(r"objects: shards written by (.*)", output)
+    assert len(writers) == 1 and "in-process" not in writers[0], output[-6000:]
+    assert set(re.findall(r"node ([0-9a-f]{56}) pid", writers[0])) <= {ray_nodes.head, first_worker_node}
 
     # Training: 2 workers on the 2 nodes; after the loss of one, the group restarted from epoch 1 on
     # the head and the replacement, from the checkpoint in S3
