@@ -13,7 +13,7 @@ chain on every node). `--boxes` is a CSV `image,x1,y1,x2,y2` (image relative to 
 person); images it does not list get people detection.
 
 Output: the actors write their rows themselves (`Dataset.write_parquet`), a Parquet file per
-block, into OUT (a folder, local or s3://; an existing one that holds files is refused unless
+block, into OUT (a folder, local or on S3; an existing one that holds files is refused unless
 `overwrite`); read it whole with `pyarrow.parquet.read_table(OUT)` or `pandas.read_parquet(OUT)`.
 One row per person (`person` null and `status` no_person / error for an image without one):
 image, person, box, box_source, detection_score, predicted, scores (in class order), top_objects
