@@ -2,13 +2,15 @@
 
     python benchmarks/bench_train.py [--workspace DIR] [--epochs 2]
 
-Runs the training stage's Ray Train loop (core/training/loop.py) for params.yaml's model.name (with
-its model.<name>.train overrides, as the training stage applies them) on an existing workspace (one
-where `dvc repro detect objects cooccurrence embeddings` has run; default: the current directory)
-for 1 and 2 Ray workers, each with the real DataLoader (JPEG decode + crop + resize in
-loader workers, memmapped object features) and with every item pre-decoded in memory.
-Reports samples/s of the last epoch, the loader overhead ratio and the peak resident memory
-(PSS, and the RSS sum) of all Ray processes, to reports/bench_train.json.
+Runs the training stage's epoch loop (core/training/loop.py EpochLoop) for params.yaml's model.name
+(with its model.<name>.train overrides, as the training stage applies them) on an existing
+workspace (one where `dvc repro detect objects cooccurrence embeddings` has run; default: the
+current directory): first driven in-process by a plain loop (before Ray starts), then under Ray
+Train with 1 and 2 workers; each with the real DataLoader (JPEG decode + crop + resize in loader
+workers, memmapped object features) and with every item pre-decoded in memory. Reports samples/s
+of the last epoch, the loader overhead ratio, Ray Train's samples/s over the in-process loop's, and
+the peak memory (PSS, and the RSS sum) of this process, its children and all Ray processes, to
+reports/bench_train.json.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,43 +28,81 @@ import psutil
 
 
 class PeakMemory:
-    """Peak memory of this process and every Ray process (incl. their DataLoader workers),
-    sampled every 0.5 s.
+    """Peak memory of this process, its children (DataLoader workers) and every Ray process.
 
     Two sums: RSS, which counts a shared page once per process that maps it (torch's shared
     tensors, forked loader workers, the object store), so it overstates; and PSS, which
     splits every shared page between the processes sharing it: the memory really in use.
+    Light on purpose, since it shares the cores with what it measures: the process list is
+    refreshed every `list_s`, RSS (one read of /proc/<pid>/statm) every `rss_s`, PSS (the
+    kernel walks the page tables for /proc/<pid>/smaps_rollup) every `pss_s`.
     """
 
-    def __init__(self):
+    def __init__(self, rss_s: float = 0.5, pss_s: float = 2.0, list_s: float = 5.0):
         self.peak_rss, self.peak_pss, self._stop = 0, 0, threading.Event()
+        self.peak_pss_by_label: dict[str, int] = {}  # MiB by kind of process, at the PSS peak
+        self.rss_s, self.pss_s, self.list_s = rss_s, pss_s, list_s
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _processes(self):
+    @staticmethod
+    def _processes() -> list[psutil.Process]:
         me = psutil.Process()
         found = {me.pid: me}
+        roots = [me]
         for proc in psutil.process_iter(["cmdline"]):
             cmd = " ".join(proc.info["cmdline"] or [])
             if "ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd or "ray/_private" in cmd:
-                found[proc.pid] = proc
-                try:
-                    found.update({child.pid: child for child in proc.children(recursive=True)})
-                except psutil.Error:
-                    pass
-        return found.values()
+                roots.append(proc)
+        for proc in roots:
+            found[proc.pid] = proc
+            try:
+                found.update({child.pid: child for child in proc.children(recursive=True)})
+            except psutil.Error:
+                pass
+        return list(found.values())
+
+    @staticmethod
+    def _label(proc: psutil.Process) -> str:
+        """What a process is: `ray::<actor or task>`, a Ray daemon, the bench itself or a child of it."""
+        try:
+            words = proc.cmdline() or [proc.name()]
+        except psutil.Error:
+            return "?"
+        if words[0].startswith("ray::"):
+            return words[0]
+        if proc.pid == os.getpid():
+            return "bench (driver / in-process loop)"
+        if Path(__file__).name in " ".join(words):
+            return "bench child (DataLoader worker)"
+        script = next((Path(w).name for w in words if w.endswith(".py")), None)
+        return script or ("python -c (a Ray helper)" if "-c" in words else Path(words[0]).name)
+
+    def _sum(self, processes, pss: bool) -> int:
+        total, by_label = 0, {}
+        for proc in processes:
+            try:
+                used = getattr(proc.memory_full_info(), "pss") if pss else proc.memory_info().rss
+            except (psutil.Error, AttributeError):  # exited between listing and reading
+                continue
+            total += used
+            if pss:
+                label = self._label(proc)
+                by_label[label] = by_label.get(label, 0) + used
+        if pss and total > self.peak_pss:
+            self.peak_pss_by_label = {k: round(v / 2**20) for k, v in sorted(by_label.items(), key=lambda kv: -kv[1])}
+        return total
 
     def _run(self):
+        listed = pss_read = 0.0
+        processes: list[psutil.Process] = []
         while not self._stop.is_set():
-            rss = pss = 0
-            for proc in self._processes():
-                try:
-                    info = proc.memory_full_info()
-                except psutil.Error:  # exited between listing and reading
-                    continue
-                rss += info.rss
-                pss += getattr(info, "pss", info.rss)
-            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
-            self._stop.wait(0.5)
+            now = time.monotonic()
+            if now - listed >= self.list_s:
+                processes, listed = self._processes(), now
+            self.peak_rss = max(self.peak_rss, self._sum(processes, pss=False))
+            if now - pss_read >= self.pss_s:
+                self.peak_pss, pss_read = max(self.peak_pss, self._sum(processes, pss=True)), now
+            self._stop.wait(self.rss_s)
 
     def __enter__(self):
         self._thread.start()
@@ -71,18 +113,45 @@ class PeakMemory:
         self._thread.join()
 
 
-def measure(params_dict: dict, workers: int, preload: bool, epochs: int) -> dict:
+def bench_params(params_dict: dict, workers: int, epochs: int):
+    """The params the training stage would train with (the model's train overrides), for the bench."""
     import dataclasses
 
+    from core.params import params_from_dict
+
+    params = params_from_dict(params_dict).for_model()
+    return dataclasses.replace(params, train=dataclasses.replace(params.train, num_workers=workers, epochs=epochs))
+
+
+def measure_in_process(params_dict: dict, preload: bool, epochs: int, threads: int) -> dict:
+    """The same EpochLoop the Ray Train worker runs, driven by a plain loop in this process (no Ray)."""
+    from core.training import inputs
+    from core.training.loop import EpochLoop
+    from core.workspace import Workspace
+
+    params = bench_params(params_dict, 1, epochs)
+    paths = Workspace.at(data_root=params.data.root)
+    config = {**inputs.worker_config(params, paths), "preload": preload, "torch_threads": threads}
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        loop = EpochLoop(config)
+        loop.prepare()
+        for epoch in range(epochs):
+            record = loop.run_epoch(epoch)
+        seconds = time.perf_counter() - started
+    return {"workers": 1, "runner": "in-process", "loader": "in-memory" if preload else "dataloader",
+            "samples_per_s": round(record["train_samples_per_s"], 2), "wall_s": round(seconds, 1),
+            "peak_pss_mib": round(memory.peak_pss / 2**20), "peak_rss_sum_mib": round(memory.peak_rss / 2**20),
+            "peak_pss_by_process_mib": memory.peak_pss_by_label}
+
+
+def measure(params_dict: dict, workers: int, preload: bool, epochs: int) -> dict:
     import ray
 
-    from core.params import params_from_dict
     from core.training import inputs, loop, trainer
     from core.workspace import Workspace
 
-    # as the training stage: the model's own train overrides (core/training/trainer.py), then the bench's
-    params = params_from_dict(params_dict).for_model()
-    params = dataclasses.replace(params, train=dataclasses.replace(params.train, num_workers=workers, epochs=epochs))
+    params = bench_params(params_dict, workers, epochs)
     paths = Workspace.at(data_root=params.data.root, ray_storage=Path(".ray_results/bench"))
     config = inputs.worker_config(params, paths)
     config["preload"] = preload
@@ -100,9 +169,45 @@ def measure(params_dict: dict, workers: int, preload: bool, epochs: int) -> dict
         ).fit()
         seconds = time.perf_counter() - started
     last = result.metrics
-    return {"workers": workers, "loader": "in-memory" if preload else "dataloader",
+    return {"workers": workers, "runner": "ray-train", "loader": "in-memory" if preload else "dataloader",
             "samples_per_s": round(last["train_samples_per_s"], 2), "wall_s": round(seconds, 1),
-            "peak_pss_mib": round(memory.peak_pss / 2**20), "peak_rss_sum_mib": round(memory.peak_rss / 2**20)}
+            "peak_pss_mib": round(memory.peak_pss / 2**20), "peak_rss_sum_mib": round(memory.peak_rss / 2**20),
+            "peak_pss_by_process_mib": memory.peak_pss_by_label}
+
+
+def best_of(runs: list[dict]) -> dict:
+    """The fastest of repeated runs of a row, with every run's samples/s; memory from the hungriest run."""
+    fastest, hungriest = max(runs, key=lambda r: r["samples_per_s"]), max(runs, key=lambda r: r["peak_pss_mib"])
+    return {**fastest, "all_samples_per_s": [r["samples_per_s"] for r in runs],
+            **{key: hungriest[key] for key in ("peak_pss_mib", "peak_rss_sum_mib", "peak_pss_by_process_mib")}}
+
+
+def in_process_rows(epochs: int, repeats: int) -> list[dict]:
+    """Each run in a fresh interpreter: memory a finished loop leaves in a process's allocator
+    would otherwise count against the runs after it."""
+    rows = []
+    for loader in ("dataloader", "in-memory"):
+        runs = []
+        for _ in range(repeats):
+            done = subprocess.run([sys.executable, __file__, "--epochs", str(epochs), "--in-process-row", loader],
+                                  stdout=subprocess.PIPE, text=True, check=True)
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        rows.append(best_of(runs))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def ratios_of(rows: list[dict], workers: list[int]) -> dict[str, float]:
+    """Adds each row's loader overhead; returns Ray Train's samples/s over the in-process loop's."""
+    def row(runner: str, count: int, loader: str) -> dict:
+        return next(r for r in rows if (r["runner"], r["workers"], r["loader"]) == (runner, count, loader))
+
+    for runner, count in [("in-process", 1)] + [("ray-train", w) for w in workers]:
+        real, memory = row(runner, count, "dataloader"), row(runner, count, "in-memory")
+        real["loader_overhead_ratio"] = round(memory["samples_per_s"] / max(real["samples_per_s"], 1e-9), 3)
+    return {f"ray_train_vs_in_process_{loader}": round(row("ray-train", 1, loader)["samples_per_s"]
+                                                        / max(row("in-process", 1, loader)["samples_per_s"], 1e-9), 3)
+            for loader in ("dataloader", "in-memory") if 1 in workers}
 
 
 def main() -> None:
@@ -110,7 +215,9 @@ def main() -> None:
     parser.add_argument("--workspace", type=Path, default=Path("."))
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=2, help="runs per row; the fastest is reported")
     parser.add_argument("--out", type=Path, default=Path("reports/bench_train.json"))
+    parser.add_argument("--in-process-row", choices=("dataloader", "in-memory"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = args.out.resolve()
     os.chdir(args.workspace)
@@ -120,27 +227,35 @@ def main() -> None:
     from core.ray_utils import init_ray
 
     apply_embedded_defaults()
-    init_ray(include_dashboard=True)
     params_dict = read_yaml("params.yaml")
+    if args.in_process_row:
+        # The threads a lone Ray Train worker gets on this machine: all its CPUs.
+        print(json.dumps(measure_in_process(params_dict, args.in_process_row == "in-memory", args.epochs,
+                                            os.cpu_count() or 1)))
+        return
     trained = params_from_dict(params_dict).for_model()  # the model and train values the rows ran with
-    rows = []
+    # In-process first, before Ray starts: Ray's idle processes are part of what Ray costs.
+    rows = in_process_rows(args.epochs, args.repeats)
+    init_ray(include_dashboard=True)
     for workers in args.workers:
         for preload in (False, True):
-            rows.append(measure(params_dict, workers, preload, args.epochs))
+            rows.append(best_of([measure(params_dict, workers, preload, args.epochs) for _ in range(args.repeats)]))
             print(json.dumps(rows[-1]), flush=True)
-    for workers in args.workers:
-        real = next(r for r in rows if r["workers"] == workers and r["loader"] == "dataloader")
-        memory = next(r for r in rows if r["workers"] == workers and r["loader"] == "in-memory")
-        real["loader_overhead_ratio"] = round(memory["samples_per_s"] / max(real["samples_per_s"], 1e-9), 3)
+    ratios = ratios_of(rows, args.workers)
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "params": {k: getattr(trained.train, k) for k in ("batch_size", "loader_workers")},
               "model": {"name": trained.model.name, trained.model.name: params_dict["model"][trained.model.name]},
-              "epochs": args.epochs, "rows": rows,
-              "note": "samples/s of the last epoch; loader_overhead_ratio = in-memory / dataloader samples/s; "
-                      "peak_pss_mib: proportional set size summed over this process and all Ray processes "
-                      "(shared pages split between sharers); peak_rss_sum_mib counts shared pages per process"}
+              "epochs": args.epochs, "repeats": args.repeats, "rows": rows, "ratios": ratios,
+              "note": "samples/s of the last epoch's training steps, the fastest of `repeats` runs; "
+                      "loader_overhead_ratio = in-memory / dataloader samples/s; ray_train_vs_in_process: one "
+                      "Ray Train worker / the same EpochLoop driven in-process before Ray starts (goal #20: "
+                      ">= 0.9); peak_pss_mib: proportional set size summed over this process, its children and "
+                      "all Ray processes (shared pages split between sharers), by kind of process in "
+                      "peak_pss_by_process_mib; peak_rss_sum_mib counts shared pages per process"}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
+    for name, value in ratios.items():
+        print(f"{name}: {value:.3f}x")
     print(f"written {out}")
 
 
