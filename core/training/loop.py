@@ -163,6 +163,12 @@ class EpochLoop:
             train_set, self.val_set = InMemoryDataset(train_set), InMemoryDataset(self.val_set)
         self.train_loader = _loader(train_set, params, shuffle=True, world=world, rank=rank)
         self.val_loader = _loader(self.val_set, params, shuffle=False, world=world, rank=rank)
+        for loader in (self.train_loader, self.val_loader):
+            # The persistent loader workers are forked now, before gradients and momentum exist:
+            # forked later, each one shares them copy-on-write and keeps the old copy of every page
+            # training then writes (measured: 1.4 GB for the validation worker of the demo model).
+            if loader.persistent_workers:
+                iter(loader)
         self.val_targets = self.val_set.targets()
 
         self.spec = model_spec(model)
