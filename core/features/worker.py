@@ -35,7 +35,7 @@ from core.params import ObjectsConfig
 
 
 class ObjectFeatureWorker:
-    """Callable on a batch of images (numpy dict); returns one row per person."""
+    """The RoI feature model of one process, and the objects of the people of one image."""
 
     def __init__(self, cfg: ObjectsConfig, choice: WeightsChoice, state_dict: Any, data_root: str,
                  seed: int, torch_threads: int | None = None, device: str | None = None):
@@ -50,16 +50,6 @@ class ObjectFeatureWorker:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = build_model(cfg, choice, state_dict, seed).to(self.device)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results: list[PersonObjects] = []
-        shard_keys: list[str] = []
-        for key, image_path, persons, objects in zip(batch["shard_key"], batch["image_path"],
-                                                     batch["persons"], batch["objects"]):
-            people = self.process_image(str(image_path), json.loads(str(persons)), json.loads(str(objects)))
-            results.extend(people)
-            shard_keys.extend([str(key)] * len(people))
-        return stack_people(results, shard_keys, self.cfg.top_n)
-
     def process_image(self, image_path: str, persons: list[list], objects: list[list]) -> list[PersonObjects]:
         """The objects of each person of one image under data_root; an unreadable image gives empty rows."""
         try:
@@ -72,15 +62,14 @@ class ObjectFeatureWorker:
         return people_objects(self.model, self.cfg, rgb, persons, objects, self.device)
 
 
-def stack_people(people: Sequence[PersonObjects], shard_keys: Sequence[str], top_n: int) -> dict[str, np.ndarray]:
-    """Per-person results as one numpy batch (the shape Ray Data passes between stages)."""
+def stack_people(people: Sequence[PersonObjects], top_n: int) -> dict[str, np.ndarray]:
+    """Per-person results as the arrays of one shard file."""
     def stacked(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         if not people:
             return np.zeros((0, *shape), dtype)
         return np.stack([getattr(p, name) for p in people]).astype(dtype, copy=False)
 
     return {
-        "shard_key": np.array(list(shard_keys), dtype=object),
         "sample_id": np.array([p.sample_id for p in people], dtype=object),
         "features": stacked("features", (top_n, FEATURE_DIM), np.float16),
         "boxes": stacked("boxes", (top_n, 4), np.float32),
@@ -128,7 +117,7 @@ class ShardWorker:
                 on_persons(len(found))
         if len(people) != plan.n_persons:
             raise RuntimeError(f"objects: shard {plan.key} got {len(people)} person rows, planned {plan.n_persons}")
-        rows = stack_people(people, [plan.key] * len(people), self.worker.cfg.top_n)
+        rows = stack_people(people, self.worker.cfg.top_n)
         seconds = time.perf_counter() - started
         write_shard(self.shard_root / plan.split, plan, rows, seconds)
         return {"shard_key": plan.key, "split": plan.split, "index": plan.index, "images": len(plan.frame),
