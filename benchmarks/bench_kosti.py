@@ -35,12 +35,12 @@ import argparse
 import gc
 import json
 import os
-import platform
 import threading
 import time
 from pathlib import Path
 
 import psutil
+from perf import achieved, machine, matmul_peak, step_flops
 
 PAPER_SHAPES = {"body": 128, "image": 224}
 SMALL_SHAPES = {"body": 64, "image": 96}
@@ -194,62 +194,34 @@ def timed_loader(loop, steps: int, warmup: int) -> dict:
             "samples_per_s": round(seen / seconds, 3)}
 
 
-def step_flops(loop) -> dict:
-    """FLOPs of one training step (forward + criterion + backward) on one training batch."""
-    from torch.utils.flop_counter import FlopCounterMode
+def side_by_side(loop, shapes: dict, batch: int, steps: int, warmup: int, rounds: int) -> dict:
+    """Ours (the loop's step on in-memory batches) against the public code's step (public_kosti.py,
+    in-memory tensors of the same shapes), alternating `rounds` times so that a change in the
+    machine's load hits both; samples/s of each round, the best and the ratio of the bests."""
+    from public_kosti import PublicKostiStep, random_batch
 
-    from core.data.dataset import model_inputs
-
-    batch = next(iter(loop.train_loader))
-    size = len(batch["target"])
+    ours_batches = [batch_ for batch_, _ in zip(batches(loop), range(max(warmup, 1) + 1))]
+    public = PublicKostiStep()
+    public_batch = random_batch(batch, shapes["body"], shapes["image"])
     loop.model.train()
-    with FlopCounterMode(display=False) as counter:
-        loss = loop.loss_fn(loop.model(model_inputs(loop.model, batch, loop.device)), batch)
-        loss.backward()
-    loop.optimizer.zero_grad(set_to_none=True)
-    total = counter.get_total_flops()
-    by_op = {str(op): int(n) for op, n in sorted(counter.get_flop_counts().get("Global", {}).items(),
-                                                 key=lambda kv: -kv[1])}
-    return {"batch": size, "flops_per_step": int(total), "flops_per_sample": total / size,
-            "gflop_per_sample": round(total / size / 1e9, 3), "by_op": by_op}
 
+    def timed(step, make_batch) -> float:
+        for i in range(warmup):
+            step(make_batch(i))
+        seen, started = 0, time.perf_counter()
+        for i in range(steps):
+            seen += step(make_batch(i))
+        return seen / (time.perf_counter() - started)
 
-def matmul_peak(n: int, reps: int) -> dict:
-    """Best fp32 n x n @ n x n time with the current torch thread count: 2 n^3 / t."""
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-    out = torch.empty(n, n)
-    torch.mm(a, b, out=out)  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.mm(a, b, out=out)
-        times.append(time.perf_counter() - t0)
-    best = min(times)
-    return {"n": n, "reps": reps, "best_s": round(best, 5), "median_s": round(sorted(times)[len(times) // 2], 5),
-            "gflop_per_s": round(2 * n ** 3 / best / 1e9, 2)}
-
-
-def machine(threads: int) -> dict:
-    import torch
-
-    cpu_model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_model": cpu_model,
-            "cpus": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
-            "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "torch": torch.__version__, "torch_threads": threads,
-            "mkldnn": bool(torch.backends.mkldnn.is_available()),
-            "load_avg_start": [round(x, 2) for x in os.getloadavg()]}
+    ours, theirs = [], []
+    for _ in range(rounds):
+        theirs.append(round(timed(public, lambda i: public_batch), 3))
+        ours.append(round(timed(lambda b: train_step(loop, b), lambda i: ours_batches[i % len(ours_batches)]), 3))
+    return {"rounds": rounds, "steps_per_round": steps, "warmup": warmup,
+            "ours_samples_per_s": ours, "public_code_samples_per_s": theirs,
+            "ours_best": max(ours), "public_code_best": max(theirs),
+            "ours_over_public_code": round(max(ours) / max(theirs), 3),
+            "ours_over_public_code_by_round": [round(a / b, 3) for a, b in zip(ours, theirs)]}
 
 
 def phase(name: str, fn):
@@ -275,6 +247,8 @@ def main() -> None:
     parser.add_argument("--loader-workers", type=int, default=None,
                         help="DataLoader processes (default: the params' train.loader_workers)")
     parser.add_argument("--batch", type=int, default=BATCH, help=f"batch size (default {BATCH}, the public code's)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds of the public code's step and ours (each --steps steps)")
     parser.add_argument("--matmul-n", type=int, default=2048)
     parser.add_argument("--matmul-reps", type=int, default=5)
     parser.add_argument("--small", action="store_true",
@@ -333,6 +307,15 @@ def main() -> None:
 
     in_memory = phase("in-memory tensors: training steps, FLOP count", memory_phase)
     flops = in_memory.pop("flops")
+    def public_code_phase():
+        loop = build_loop(params, workspace, args.threads, preload=True)
+        try:
+            return side_by_side(loop, shapes, args.batch, args.steps, args.warmup, args.rounds)
+        finally:
+            del loop
+            gc.collect()
+
+    versus = phase("side by side: the public code's step and ours, in-memory, alternating", public_code_phase)
     peak = phase(f"fp32 matmul peak ({args.matmul_n}^2, {args.threads} threads)",
                  lambda: matmul_peak(args.matmul_n, args.matmul_reps))
 
@@ -340,9 +323,8 @@ def main() -> None:
     peak_gflops = peak["gflop_per_s"]
     per_sample = flops["flops_per_sample"]
 
-    def achieved(samples_per_s: float) -> dict:
-        gflops = per_sample * samples_per_s / 1e9
-        return {"gflop_per_s": round(gflops, 2), "fraction_of_matmul_peak": round(gflops / peak_gflops, 4)}
+    def achieved_at(samples_per_s: float) -> dict:
+        return achieved(per_sample, samples_per_s, peak_gflops)
 
     figures = {
         "real_samples_per_s": train["samples_per_s"],
@@ -356,15 +338,18 @@ def main() -> None:
         "bound_by": "loading" if loader["samples_per_s"] < in_memory["compute_samples_per_s"] else "compute",
         "gflop_per_sample": flops["gflop_per_sample"],
         "matmul_peak_gflop_per_s": peak_gflops,
-        "achieved_in_memory": achieved(in_memory["samples_per_s"]),
-        "achieved_real": achieved(train["samples_per_s"]),
-        "achieved_compute_only": achieved(in_memory["compute_samples_per_s"]),
+        "achieved_in_memory": achieved_at(in_memory["samples_per_s"]),
+        "achieved_real": achieved_at(train["samples_per_s"]),
+        "achieved_compute_only": achieved_at(in_memory["compute_samples_per_s"]),
+        "public_code_samples_per_s": versus["public_code_best"],
+        "ours_side_by_side_samples_per_s": versus["ours_best"],
+        "ours_over_public_code": versus["ours_over_public_code"],
     }
     info["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     report = {
         "machine": info, "setup": setup, "figures": figures,
         "real_data": {**train, **real}, "loader_only": loader, "in_memory": in_memory,
-        "flops": flops, "matmul_peak": peak,
+        "flops": flops, "matmul_peak": peak, "versus_public_code": versus,
         "note": ("samples/s = samples of --steps timed training steps / their wall time, after --warmup "
                  "untimed steps, in one process (no Ray) with torch_threads; real_data: the training "
                  "DataLoader (decode + crop + resize in loader_workers processes); in_memory: every item "
@@ -376,7 +361,10 @@ def main() -> None:
                  "the optimizer step are not counted), per sample of one batch; achieved GFLOP/s = "
                  "flops_per_sample x samples/s; fraction_of_matmul_peak divides by the best fp32 n x n "
                  "matmul GFLOP/s (2 n^3 / t) with the same thread count. Memory: PSS (and RSS sum) of "
-                 "this process and its DataLoader workers, per phase. load_avg_*: other load on the "
+                 "this process and its DataLoader workers, per phase. versus_public_code: the public code's "
+                 "training step (benchmarks/public_kosti.py: its models, losses and Adam) on in-memory tensors "
+                 "of the same shapes, and ours on in-memory batches, alternating rounds in one process; "
+                 "ours_over_public_code = best round / best round (goal #20: >= 1.2). load_avg_*: other load on the "
                  "machine distorts every figure."),
     }
 
@@ -397,6 +385,10 @@ def main() -> None:
                        ("achieved, compute", "achieved_compute_only")):
         fig = figures[key]
         print(f"  {label:<19} {fig['gflop_per_s']:9.2f} GFLOP/s = {100 * fig['fraction_of_matmul_peak']:.1f}% of peak")
+    print(f"  public code's step  {versus['public_code_best']:9.2f} samples/s  (best of {args.rounds} rounds: "
+          f"{versus['public_code_samples_per_s']}; ours {versus['ours_samples_per_s']})")
+    print(f"  ours / public code  {versus['ours_over_public_code']:9.3f}x      (by round "
+          f"{versus['ours_over_public_code_by_round']})")
     print(f"  peak PSS            real {real['peak_pss_mib']} MiB, in-memory {in_memory['peak_pss_mib']} MiB")
     print(f"  load average        start {info['load_avg_start']}, end {info['load_avg_end']}")
     out.parent.mkdir(parents=True, exist_ok=True)

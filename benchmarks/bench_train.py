@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import psutil
+from perf import achieved, matmul_peak, step_flops
 
 
 class PeakMemory:
@@ -146,6 +147,25 @@ def measure_in_process(params_dict: dict, preload: bool, epochs: int, threads: i
             "peak_pss_by_process_mib": memory.peak_pss_by_label}
 
 
+def measure_step_flops(params_dict: dict, threads: int) -> dict:
+    """FLOPs per sample of the demo model's training step (one in-memory batch), and the machine's fp32
+    matmul peak with the threads a lone worker trains with: what "the step at x % of the peak" divides by."""
+    import torch
+
+    from core.training import inputs
+    from core.training.loop import EpochLoop
+    from core.workspace import Workspace
+
+    params = bench_params(params_dict, 1, 1)
+    config = {**inputs.worker_config(params, Workspace.at(data_root=params.data.root)), "preload": True,
+              "torch_threads": threads}
+    loop = EpochLoop(config)
+    loop.prepare()
+    flops = step_flops(loop)
+    torch.set_num_threads(threads)
+    return {"flops": {k: v for k, v in flops.items() if k != "by_op"}, "matmul_peak": matmul_peak(2048, 5)}
+
+
 def measure(params_dict: dict, workers: int, preload: bool, epochs: int) -> dict:
     import ray
 
@@ -200,6 +220,13 @@ def in_process_rows(epochs: int, repeats: int) -> list[dict]:
     return rows
 
 
+def with_peak_fraction(rows: list[dict], step: dict) -> None:
+    """Adds each row's achieved GFLOP/s and its fraction of the matmul peak."""
+    for row in rows:
+        row["achieved"] = achieved(step["flops"]["flops_per_sample"], row["samples_per_s"],
+                                   step["matmul_peak"]["gflop_per_s"])
+
+
 def ratios_of(rows: list[dict], workers: list[int]) -> dict[str, float]:
     """Adds each row's loader overhead; returns Ray Train's samples/s over the in-process loop's."""
     def row(runner: str, count: int, loader: str) -> dict:
@@ -221,6 +248,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs per row; the fastest is reported")
     parser.add_argument("--out", type=Path, default=Path("reports/bench_train.json"))
     parser.add_argument("--in-process-row", choices=("dataloader", "in-memory"), help=argparse.SUPPRESS)
+    parser.add_argument("--step-flops", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = args.out.resolve()
     os.chdir(args.workspace)
@@ -236,29 +264,43 @@ def main() -> None:
         print(json.dumps(measure_in_process(params_dict, args.in_process_row == "in-memory", args.epochs,
                                             os.cpu_count() or 1)))
         return
+    if args.step_flops:
+        print(json.dumps(measure_step_flops(params_dict, os.cpu_count() or 1)))
+        return
     trained = params_from_dict(params_dict).for_model()  # the model and train values the rows ran with
     # In-process first, before Ray starts: Ray's idle processes are part of what Ray costs.
     rows = in_process_rows(args.epochs, args.repeats)
+    step = json.loads(subprocess.run([sys.executable, __file__, "--step-flops"], stdout=subprocess.PIPE, text=True,
+                                     check=True).stdout.strip().splitlines()[-1])
+    print(json.dumps(step), flush=True)
     init_ray(include_dashboard=True)
     for workers in args.workers:
         for preload in (False, True):
             rows.append(best_of([measure(params_dict, workers, preload, args.epochs) for _ in range(args.repeats)]))
             print(json.dumps(rows[-1]), flush=True)
     ratios = ratios_of(rows, args.workers)
+    with_peak_fraction(rows, step)
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "params": {k: getattr(trained.train, k) for k in ("batch_size", "loader_workers")},
               "model": {"name": trained.model.name, trained.model.name: params_dict["model"][trained.model.name]},
-              "epochs": args.epochs, "repeats": args.repeats, "rows": rows, "ratios": ratios,
+              "epochs": args.epochs, "repeats": args.repeats, "rows": rows, "ratios": ratios, "step": step,
               "note": "samples/s of the last epoch's training steps, the fastest of `repeats` runs; "
                       "loader_overhead_ratio = in-memory / dataloader samples/s; ray_train_vs_in_process: one "
                       "Ray Train worker / the same EpochLoop driven in-process before Ray starts (goal #20: "
                       ">= 0.9); peak_pss_mib: proportional set size summed over this process, its children and "
                       "all Ray processes (shared pages split between sharers), by kind of process in "
-                      "peak_pss_by_process_mib; peak_rss_sum_mib counts shared pages per process"}
+                      "peak_pss_by_process_mib; peak_rss_sum_mib counts shared pages per process; step: FLOPs per sample of one training "
+                      "step (torch.utils.flop_counter: matmuls and convolutions, forward + backward) and the fp32 "
+                      "2048^2 matmul peak with the machine's threads; each row's achieved = flops x samples/s "
+                      "(goal #20: the in-process step >= 0.6 of the peak)"}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     for name, value in ratios.items():
         print(f"{name}: {value:.3f}x")
+    for row in rows:
+        print(f"{row['runner']} {row['workers']} worker(s), {row['loader']}: {row['samples_per_s']} samples/s = "
+              f"{row['achieved']['gflop_per_s']} GFLOP/s = {100 * row['achieved']['fraction_of_matmul_peak']:.1f}% "
+              f"of the {step['matmul_peak']['gflop_per_s']} GFLOP/s matmul peak")
     print(f"written {out}")
 
 
