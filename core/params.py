@@ -58,6 +58,7 @@ PERSON_DETECTORS = ("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_resnet5
 EMBEDDING_SOURCES = ("glove6b50", "glove_file")  # core/graph/embeddings.py
 OPTIMIZERS = ("sgd", "adam", "adamw")
 TRAIN_LOSSES = ("weighted_mse", "bce", "focal", "cross_entropy")  # models/losses.py
+PRECISIONS = ("fp32", "bf16")  # train.precision: core/training/loop.py
 SEARCHERS = ("optuna", "random")  # pipelines/sweep/driver.py
 CACHE_DTYPES = ("float16", "float32")  # core/training/body_cache.py
 # Ray's FailureConfig: -1 retries without end, 0 never
@@ -158,6 +159,7 @@ class TrainConfig:
     max_failures: int = at_least(MIN_MAX_FAILURES)
     frozen_backbone: bool  # backbone maps computed once (core/training/body_cache.py); only what follows trains
     precise_bn: bool  # re-estimate BatchNorm statistics on the training split after every epoch (loop.py)
+    precision: str = one_of(*PRECISIONS)  # bf16: training forward passes under torch.autocast (loop.py)
 
 
 @dataclass(frozen=True)

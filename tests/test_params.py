@@ -185,7 +185,7 @@ def test_shipped_configs_merge_into_params(tmp_path, config):
 
 
 PAPER_TRAIN_KEYS = ("optimizer", "lr", "momentum", "batch_size", "backbone_lr", "lr_steps", "weight_decay",
-                    "grad_clip_norm", "loss", "epochs", "frozen_backbone", "precise_bn")
+                    "grad_clip_norm", "loss", "epochs", "frozen_backbone", "precise_bn", "precision")
 
 
 def test_the_paper_config_sets_every_flagship_and_training_key_it_depends_on(repo_params_dict):

@@ -129,6 +129,8 @@ class EpochLoop:
 
         self.config, self.rank, self.world, self.device = config, rank, world, device
         self.params = params = config["params"]
+        self.device_type = torch.device(device).type
+        self.bf16 = params.train.precision == "bf16"
         paths = config["workspace"]
         self.task, num_classes = config["task"], config["num_classes"]
         torch.manual_seed(params.seed)
@@ -209,12 +211,8 @@ class EpochLoop:
 
     def run_epoch(self, epoch: int, progress=None) -> dict[str, float]:
         """One train + validate epoch; `progress` (core/progress.py) counts the training samples."""
-        import torch
-
-        from core.data.dataset import model_inputs
         from core.inference import predict_loader
 
-        clip = self.params.train.grad_clip_norm
         self.train_loader.sampler.set_epoch(epoch)
         self.model.train()
         started, seen, loss_sum = time.perf_counter(), 0, 0.0
@@ -225,14 +223,9 @@ class EpochLoop:
                                    self.params.train.lr_steps, self.params.train.lr_gamma)
             batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
             count = len(batch["index"])  # persons, or images for a model trained on images
-            loss = self.loss_fn(self.model(model_inputs(self.model, batch, self.device)), batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            self.optimizer.step()
+            loss = self.train_step(batch)
             seen += count
-            loss_sum += float(loss.detach()) * count
+            loss_sum += float(loss) * count
             if progress is not None:
                 progress.update(count * self.world)
         train_seconds = time.perf_counter() - started
@@ -250,6 +243,26 @@ class EpochLoop:
         self.improved = value > self.best
         self.best = max(self.best, value)
         return record
+
+    def train_step(self, batch: dict[str, Any]):
+        """One optimisation step on a batch already on the device; returns the loss, detached.
+
+        With train.precision bf16 the forward pass runs under torch.autocast(bfloat16): convolutions
+        and matmuls compute in bf16 from the fp32 weights, and the outputs are cast back to fp32
+        before the criterion, so the loss, the gradients' accumulation and the optimiser stay fp32."""
+        import torch
+
+        from core.data.dataset import model_inputs
+
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
+            output = self.model(model_inputs(self.model, batch, self.device))
+        loss = self.loss_fn(output_in_fp32(output) if self.bf16 else output, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.params.train.grad_clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.params.train.grad_clip_norm)
+        self.optimizer.step()
+        return loss.detach()
 
     def state_dict(self, epoch: int) -> dict[str, Any]:
         return checkpoints.plain({
@@ -305,6 +318,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # so a worker lost here resumes from this epoch, as the fault point promises.
             ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
         faults.fault_point("train.after_epoch", epoch=epoch, rank=rank)
+
+
+def output_in_fp32(output: Any) -> Any:
+    """A model's output (a ModelOutput, a tensor, or a dict or tuple of them) with every floating
+    tensor in fp32: what leaves an autocast region in bf16 enters the criterion in fp32."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return output.float() if output.is_floating_point() else output
+    if isinstance(output, dict):
+        return {key: output_in_fp32(value) for key, value in output.items()}
+    if isinstance(output, tuple):
+        values = [output_in_fp32(value) for value in output]
+        return type(output)._make(values) if hasattr(output, "_make") else type(output)(values)
+    return output
 
 
 def _worker_placement(rank: int, world: int) -> list[dict[str, Any]]:
