@@ -91,8 +91,10 @@ class PeakMemory:
         return {"peak_pss_mib": round(self.peak_pss / 2**20), "peak_rss_sum_mib": round(self.peak_rss / 2**20)}
 
 
-def kosti_params(params_dict: dict, shapes: dict, batch: int, loader_workers: int | None):
-    """The workspace's params with the Kosti model at `shapes`, batch `batch`, one CPU worker."""
+def kosti_params(params_dict: dict, shapes: dict, batch: int, loader_workers: int | None,
+                 precision: str | None = None):
+    """The workspace's params with the Kosti model at `shapes`, batch `batch`, one CPU worker
+    (and train.precision `precision`, when given)."""
     from core.params import apply_overrides, params_from_dict
 
     overrides = {
@@ -108,7 +110,8 @@ def kosti_params(params_dict: dict, shapes: dict, batch: int, loader_workers: in
         overrides["train.loader_workers"] = loader_workers
     data = apply_overrides(params_dict, overrides)
     kosti = data["model"]["kosti"]
-    kosti["train"] = {**(kosti.get("train") or {}), "batch_size": batch}  # the family's override wins
+    family_train = {"batch_size": batch, **({"precision": precision} if precision else {})}
+    kosti["train"] = {**(kosti.get("train") or {}), **family_train}  # the family's overrides win
     params = params_from_dict(data).for_model("kosti")
     assert params.train.batch_size == batch, params.train.batch_size
     return params
@@ -138,20 +141,10 @@ def batches(loop):
 
 
 def train_step(loop, batch) -> int:
-    """One training step exactly as `EpochLoop.run_epoch` takes it; returns the batch size."""
-    import torch
-
-    from core.data.dataset import model_inputs
-
+    """One training step exactly as `EpochLoop.run_epoch` takes it (`EpochLoop.train_step`, the loss
+    read back as run_epoch does); returns the batch size."""
     batch = {key: value.to(loop.device, non_blocking=True) for key, value in batch.items()}
-    loss = loop.loss_fn(loop.model(model_inputs(loop.model, batch, loop.device)), batch)
-    loop.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    clip = loop.params.train.grad_clip_norm
-    if clip:
-        torch.nn.utils.clip_grad_norm_(loop.model.parameters(), clip)
-    loop.optimizer.step()
-    float(loss.detach())  # as run_epoch: the loss is read every step
+    float(loop.train_step(batch))
     return len(batch["target"])
 
 
@@ -194,16 +187,19 @@ def timed_loader(loop, steps: int, warmup: int) -> dict:
             "samples_per_s": round(seen / seconds, 3)}
 
 
-def side_by_side(loop, shapes: dict, batch: int, steps: int, warmup: int, rounds: int) -> dict:
-    """Ours (the loop's step on in-memory batches) against the public code's step (public_kosti.py,
-    in-memory tensors of the same shapes), alternating `rounds` times so that a change in the
-    machine's load hits both; samples/s of each round, the best and the ratio of the bests."""
+def side_by_side(loops: dict, shapes: dict, batch: int, steps: int, warmup: int, rounds: int) -> dict:
+    """Ours (each loop's step on in-memory batches; `loops` by train.precision) against the public
+    code's step (public_kosti.py, in-memory tensors of the same shapes), alternating `rounds` times
+    so that a change in the machine's load hits all alike; samples/s of each round, the best, and
+    each of ours over the public code (best over best, and by round)."""
     from public_kosti import PublicKostiStep, random_batch
 
-    ours_batches = [batch_ for batch_, _ in zip(batches(loop), range(max(warmup, 1) + 1))]
+    ours_batches = {name: [b for b, _ in zip(batches(loop), range(max(warmup, 1) + 1), strict=False)]
+                    for name, loop in loops.items()}
     public = PublicKostiStep()
     public_batch = random_batch(batch, shapes["body"], shapes["image"])
-    loop.model.train()
+    for loop in loops.values():
+        loop.model.train()
 
     def timed(step, make_batch) -> float:
         for i in range(warmup):
@@ -211,17 +207,20 @@ def side_by_side(loop, shapes: dict, batch: int, steps: int, warmup: int, rounds
         seen, started = 0, time.perf_counter()
         for i in range(steps):
             seen += step(make_batch(i))
-        return seen / (time.perf_counter() - started)
+        return round(seen / (time.perf_counter() - started), 3)
 
-    ours, theirs = [], []
+    theirs, ours = [], {name: [] for name in loops}
     for _ in range(rounds):
-        theirs.append(round(timed(public, lambda i: public_batch), 3))
-        ours.append(round(timed(lambda b: train_step(loop, b), lambda i: ours_batches[i % len(ours_batches)]), 3))
+        theirs.append(timed(public, lambda i: public_batch))
+        for name, loop in loops.items():
+            own = ours_batches[name]
+            ours[name].append(timed(lambda b, loop=loop: train_step(loop, b), lambda i, own=own: own[i % len(own)]))
     return {"rounds": rounds, "steps_per_round": steps, "warmup": warmup,
-            "ours_samples_per_s": ours, "public_code_samples_per_s": theirs,
-            "ours_best": max(ours), "public_code_best": max(theirs),
-            "ours_over_public_code": round(max(ours) / max(theirs), 3),
-            "ours_over_public_code_by_round": [round(a / b, 3) for a, b in zip(ours, theirs)]}
+            "public_code_samples_per_s": theirs, "public_code_best": max(theirs),
+            "ours": {name: {"samples_per_s": runs, "best": max(runs),
+                            "over_public_code": round(max(runs) / max(theirs), 3),
+                            "over_public_code_by_round": [round(a / b, 3) for a, b in zip(runs, theirs, strict=True)]}
+                     for name, runs in ours.items()}}
 
 
 def phase(name: str, fn):
@@ -249,6 +248,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=BATCH, help=f"batch size (default {BATCH}, the public code's)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating rounds of the public code's step and ours (each --steps steps)")
+    parser.add_argument("--versus-precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                        help="train.precision values of ours timed against the public code (default: both)")
     parser.add_argument("--matmul-n", type=int, default=2048)
     parser.add_argument("--matmul-reps", type=int, default=5)
     parser.add_argument("--small", action="store_true",
@@ -308,11 +309,13 @@ def main() -> None:
     in_memory = phase("in-memory tensors: training steps, FLOP count", memory_phase)
     flops = in_memory.pop("flops")
     def public_code_phase():
-        loop = build_loop(params, workspace, args.threads, preload=True)
+        loops = {precision: build_loop(kosti_params(read_yaml(workspace / "params.yaml"), shapes, args.batch,
+                                                    args.loader_workers, precision), workspace, args.threads, True)
+                 for precision in args.versus_precisions}
         try:
-            return side_by_side(loop, shapes, args.batch, args.steps, args.warmup, args.rounds)
+            return side_by_side(loops, shapes, args.batch, args.steps, args.warmup, args.rounds)
         finally:
-            del loop
+            del loops
             gc.collect()
 
     versus = phase("side by side: the public code's step and ours, in-memory, alternating", public_code_phase)
@@ -342,8 +345,7 @@ def main() -> None:
         "achieved_real": achieved_at(train["samples_per_s"]),
         "achieved_compute_only": achieved_at(in_memory["compute_samples_per_s"]),
         "public_code_samples_per_s": versus["public_code_best"],
-        "ours_side_by_side_samples_per_s": versus["ours_best"],
-        "ours_over_public_code": versus["ours_over_public_code"],
+        **{f"ours_{name}_over_public_code": ours["over_public_code"] for name, ours in versus["ours"].items()},
     }
     info["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     report = {
@@ -364,7 +366,8 @@ def main() -> None:
                  "this process and its DataLoader workers, per phase. versus_public_code: the public code's "
                  "training step (benchmarks/public_kosti.py: its models, losses and Adam) on in-memory tensors "
                  "of the same shapes, and ours on in-memory batches, alternating rounds in one process; "
-                 "ours_over_public_code = best round / best round (goal #20: >= 1.2). load_avg_*: other load on the "
+                 "ours at each train.precision in versus_public_code.ours; over_public_code = best round / best "
+                 "round (goal #20: >= 1.2). load_avg_*: other load on the "
                  "machine distorts every figure."),
     }
 
@@ -385,10 +388,11 @@ def main() -> None:
                        ("achieved, compute", "achieved_compute_only")):
         fig = figures[key]
         print(f"  {label:<19} {fig['gflop_per_s']:9.2f} GFLOP/s = {100 * fig['fraction_of_matmul_peak']:.1f}% of peak")
-    print(f"  public code's step  {versus['public_code_best']:9.2f} samples/s  (best of {args.rounds} rounds: "
-          f"{versus['public_code_samples_per_s']}; ours {versus['ours_samples_per_s']})")
-    print(f"  ours / public code  {versus['ours_over_public_code']:9.3f}x      (by round "
-          f"{versus['ours_over_public_code_by_round']})")
+    print(f"  public code's step  {versus['public_code_best']:9.2f} samples/s  (fp32, best of {args.rounds} rounds: "
+          f"{versus['public_code_samples_per_s']})")
+    for name, ours in versus["ours"].items():
+        print(f"  ours, {name:<4} / public {ours['over_public_code']:9.3f}x      ({ours['best']:.2f} samples/s; by round "
+              f"{ours['over_public_code_by_round']})")
     print(f"  peak PSS            real {real['peak_pss_mib']} MiB, in-memory {in_memory['peak_pss_mib']} MiB")
     print(f"  load average        start {info['load_avg_start']}, end {info['load_avg_end']}")
     out.parent.mkdir(parents=True, exist_ok=True)

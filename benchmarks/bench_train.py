@@ -5,10 +5,11 @@
 Runs the training stage's epoch loop (core/training/loop.py EpochLoop) for params.yaml's model.name
 (with its model.<name>.train overrides, as the training stage applies them) on an existing
 workspace (one where `dvc repro detect objects cooccurrence embeddings` has run; default: the
-current directory): first driven in-process by a plain loop (before Ray starts), then under Ray
-Train with 1 and 2 workers; each with the real DataLoader (JPEG decode + crop + resize in loader
+current directory): driven in-process by a plain loop with Ray down, and under Ray Train with 1
+and 2 workers, in rounds (`--repeats`; each round runs every row once); each with the real DataLoader (JPEG decode + crop + resize in loader
 workers, memmapped object features) and with every item pre-decoded in memory. Reports samples/s
-of the last epoch, the loader overhead ratio, Ray Train's samples/s over the in-process loop's, and
+of the last epoch, the loader overhead ratio, Ray Train's samples/s over the in-process loop's (the
+fastest runs, and per round), the step's FLOPs and share of the fp32 matmul peak, and
 the peak memory (PSS, and the RSS sum) of this process, its children and all Ray processes, to
 reports/bench_train.json.
 """
@@ -83,7 +84,7 @@ class PeakMemory:
         total, by_label = 0, {}
         for proc in processes:
             try:
-                used = getattr(proc.memory_full_info(), "pss") if pss else proc.memory_info().rss
+                used = proc.memory_full_info().pss if pss else proc.memory_info().rss
             except (psutil.Error, AttributeError):  # exited between listing and reading
                 continue
             total += used
@@ -205,19 +206,50 @@ def best_of(runs: list[dict]) -> dict:
             **{key: hungriest[key] for key in ("peak_pss_mib", "peak_rss_sum_mib", "peak_pss_by_process_mib")}}
 
 
-def in_process_rows(epochs: int, repeats: int) -> list[dict]:
-    """Each run in a fresh interpreter: memory a finished loop leaves in a process's allocator
-    would otherwise count against the runs after it."""
-    rows = []
+def in_process_run(epochs: int, loader: str) -> dict:
+    """One in-process run in a fresh interpreter: memory a finished loop leaves in a process's
+    allocator would otherwise count against the runs after it."""
+    done = subprocess.run([sys.executable, __file__, "--epochs", str(epochs), "--in-process-row", loader],
+                          stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def interleaved_runs(params_dict: dict, workers: list[int], epochs: int, repeats: int) -> dict[tuple, list[dict]]:
+    """Every row's runs, keyed (runner, workers, loader), taken in rounds: each round runs the
+    in-process rows with Ray down (its idle processes are part of what Ray costs), then starts Ray,
+    runs the Ray Train rows and shuts it down. A drift in the machine's speed over the minutes a
+    bench takes then hits both runners alike, and each round gives a paired ratio."""
+    import ray
+
+    from core.ray_utils import init_ray
+
+    runs: dict[tuple, list[dict]] = {}
+    for round_ in range(repeats):
+        for loader in ("dataloader", "in-memory"):
+            runs.setdefault(("in-process", 1, loader), []).append(in_process_run(epochs, loader))
+        init_ray(include_dashboard=True)
+        try:
+            for count in workers:
+                for preload in (False, True):
+                    run = measure(params_dict, count, preload, epochs)
+                    runs.setdefault(("ray-train", count, run["loader"]), []).append(run)
+        finally:
+            ray.shutdown()
+        print(f"round {round_ + 1}/{repeats}: " + ", ".join(
+            f"{k[0]} {k[1]}w {k[2]} {v[-1]['samples_per_s']}" for k, v in runs.items()), flush=True)
+    return runs
+
+
+def paired_ratios(runs: dict[tuple, list[dict]]) -> dict[str, dict]:
+    """Per round, one Ray Train worker's samples/s over the in-process loop's of the same round."""
+    out = {}
     for loader in ("dataloader", "in-memory"):
-        runs = []
-        for _ in range(repeats):
-            done = subprocess.run([sys.executable, __file__, "--epochs", str(epochs), "--in-process-row", loader],
-                                  stdout=subprocess.PIPE, text=True, check=True)
-            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        rows.append(best_of(runs))
-        print(json.dumps(rows[-1]), flush=True)
-    return rows
+        ray1, local = runs.get(("ray-train", 1, loader)), runs.get(("in-process", 1, loader))
+        if ray1 and local:
+            by_round = sorted(round(r["samples_per_s"] / l["samples_per_s"], 3) for r, l in zip(ray1, local, strict=True))
+            out[loader] = {"by_round": by_round, "median": by_round[len(by_round) // 2] if len(by_round) % 2
+                           else round((by_round[len(by_round) // 2 - 1] + by_round[len(by_round) // 2]) / 2, 3)}
+    return out
 
 
 def with_peak_fraction(rows: list[dict], step: dict) -> None:
@@ -255,7 +287,6 @@ def main() -> None:
 
     from core.env import apply_embedded_defaults
     from core.params import params_from_dict, read_yaml
-    from core.ray_utils import init_ray
 
     apply_embedded_defaults()
     params_dict = read_yaml("params.yaml")
@@ -268,26 +299,23 @@ def main() -> None:
         print(json.dumps(measure_step_flops(params_dict, os.cpu_count() or 1)))
         return
     trained = params_from_dict(params_dict).for_model()  # the model and train values the rows ran with
-    # In-process first, before Ray starts: Ray's idle processes are part of what Ray costs.
-    rows = in_process_rows(args.epochs, args.repeats)
     step = json.loads(subprocess.run([sys.executable, __file__, "--step-flops"], stdout=subprocess.PIPE, text=True,
                                      check=True).stdout.strip().splitlines()[-1])
     print(json.dumps(step), flush=True)
-    init_ray(include_dashboard=True)
-    for workers in args.workers:
-        for preload in (False, True):
-            rows.append(best_of([measure(params_dict, workers, preload, args.epochs) for _ in range(args.repeats)]))
-            print(json.dumps(rows[-1]), flush=True)
+    runs = interleaved_runs(params_dict, args.workers, args.epochs, args.repeats)
+    rows = [best_of(group) for group in runs.values()]
     ratios = ratios_of(rows, args.workers)
     with_peak_fraction(rows, step)
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "params": {k: getattr(trained.train, k) for k in ("batch_size", "loader_workers")},
               "model": {"name": trained.model.name, trained.model.name: params_dict["model"][trained.model.name]},
-              "epochs": args.epochs, "repeats": args.repeats, "rows": rows, "ratios": ratios, "step": step,
-              "note": "samples/s of the last epoch's training steps, the fastest of `repeats` runs; "
+              "epochs": args.epochs, "repeats": args.repeats, "rows": rows, "ratios": ratios,
+              "paired_ratios": paired_ratios(runs), "step": step,
+              "note": "samples/s of the last epoch's training steps, the fastest of `repeats` runs taken in rounds "
+                      "(in-process rows with Ray down, then Ray Train rows); "
                       "loader_overhead_ratio = in-memory / dataloader samples/s; ray_train_vs_in_process: one "
-                      "Ray Train worker / the same EpochLoop driven in-process before Ray starts (goal #20: "
-                      ">= 0.9); peak_pss_mib: proportional set size summed over this process, its children and "
+                      "Ray Train worker / the same EpochLoop driven in-process with Ray down, fastest over "
+                      "fastest (goal #20: >= 0.9), and paired_ratios the same per round; peak_pss_mib: proportional set size summed over this process, its children and "
                       "all Ray processes (shared pages split between sharers), by kind of process in "
                       "peak_pss_by_process_mib; peak_rss_sum_mib counts shared pages per process; step: FLOPs per sample of one training "
                       "step (torch.utils.flop_counter: matmuls and convolutions, forward + backward) and the fp32 "
@@ -297,6 +325,8 @@ def main() -> None:
     out.write_text(json.dumps(report, indent=2))
     for name, value in ratios.items():
         print(f"{name}: {value:.3f}x")
+    for loader, paired in report["paired_ratios"].items():
+        print(f"ray_train_vs_in_process_{loader} by round: {paired['by_round']} (median {paired['median']}x)")
     for row in rows:
         print(f"{row['runner']} {row['workers']} worker(s), {row['loader']}: {row['samples_per_s']} samples/s = "
               f"{row['achieved']['gflop_per_s']} GFLOP/s = {100 * row['achieved']['fraction_of_matmul_peak']:.1f}% "

@@ -83,3 +83,13 @@ def test_the_summary_reads_each_goal_from_its_report_and_judges_it():
     assert len(missing) == 3 and all(row["met"] is None and "not measured" in row["detail"] for row in missing)
     table = summary.render(rows)
     assert "NO" in table and "yes" in table and "python benchmarks/bench_demo.py" in table
+
+
+def test_paired_ratios_divide_each_rounds_ray_run_by_the_same_rounds_in_process_run():
+    import bench_train
+
+    runs = {("in-process", 1, "dataloader"): [{"samples_per_s": 50.0}, {"samples_per_s": 40.0}, {"samples_per_s": 48.0}],
+            ("ray-train", 1, "dataloader"): [{"samples_per_s": 45.0}, {"samples_per_s": 40.0}, {"samples_per_s": 43.2}]}
+    assert bench_train.paired_ratios(runs) == {"dataloader": {"by_round": [0.9, 0.9, 1.0], "median": 0.9}}
+    runs = {key: value[:2] for key, value in runs.items()}
+    assert bench_train.paired_ratios(runs)["dataloader"]["median"] == 0.95
