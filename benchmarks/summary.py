@@ -106,8 +106,8 @@ def objects_rows(objects: dict | None) -> list[dict]:
                  BEFORE["objects_auto_over_loop"],
                  f"{objects['data']['images']} images: auto runs {auto['engine']} ({auto['reason']}); Ray Data "
                  f"{objects['ray']['images_per_s']} vs loop {objects['local']['images_per_s']} images/s; arrays "
-                 f"identical: {objects['identical_arrays']} (max feature difference "
-                 f"{objects['max_abs_feature_difference']})", "bench_objects")]
+                 f"bit-identical: {objects['identical_arrays']}, max fp16 feature difference "
+                 f"{objects['max_abs_feature_difference']} (torch threads differ: loop 2, each actor 1)", "bench_objects")]
 
 
 def kosti_rows(kosti: dict | None) -> list[dict]:
