@@ -48,9 +48,12 @@ CPP_RECORD = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (?P<level>[DIWEF
 QUIET_LEVELS = frozenset({"DEBUG", "INFO", "D", "I"})
 CTXEMO_LINE = re.compile(r"^\[[a-z][\w-]*\] ")
 TROUBLE = re.compile(r"warn|error|exception|traceback|fail|fatal|died|killed|out of memory", re.IGNORECASE)
-# Logged at ERROR level, yet routine here: Ray Data's actor pool gets the objects stage's weights
-# through the object store, which the driver holds until the pool is done.
-NOISE = ("has constructor arguments in the object store and max_restarts > 0",)
+# Logged at ERROR level, yet routine here (a line is noise when it holds every part of one entry):
+# Ray Data's actor pool gets the objects stage's weights through the object store, which the
+# driver holds until the pool is done; and at Ray's shutdown the GCS fails to kill actors whose
+# worker processes have already exited (their socket is closed).
+NOISE = (("has constructor arguments in the object store and max_restarts > 0",),
+         ("KillActor RPC failed for actor", "Socket closed"))
 
 
 def log_path(workspace: Path, name: str, when: datetime | None = None) -> Path:
@@ -89,7 +92,7 @@ class TerminalFilter:
         who = prefix.group("who") if prefix else ""
         message = line[prefix.end():] if prefix else line
         record = PY_RECORD.match(message) or CPP_RECORD.match(message)
-        if any(noise in message for noise in NOISE):
+        if any(all(part in message for part in noise) for noise in NOISE):
             shown = None
         elif message[:1].isspace() and who in self._last_shown:  # continues the line before it
             shown = line if self._last_shown[who] else None

@@ -127,6 +127,12 @@ def test_log_path_is_in_the_workspace_logs_folder_and_never_reuses_a_file(tmp_pa
     (("[2026-11-30 10:12:47,882 E 15053 15053] core_worker.cc:2465: Actor with class name: 'MapWorker' and ID: 'b8' "
       "has constructor arguments in the object store and max_restarts > 0. If the arguments ..."), None),
     ("[2026-11-30 10:12:47,882 E 15053 15053] gcs_client.cc:1: lost the GCS", "same"),
+    (("(pid=gcs_server) [2026-12-01 02:25:05,514 E 18418 18418] (gcs_server) gcs_actor_scheduler.cc:538: Failed to "
+      "kill actor cc0c, return status: Invalid: KillActor RPC failed for actor cc0c: RpcError: RPC error: Socket "
+      "closed rpc_code: 14"), None),
+    (("(pid=gcs_server) [2026-12-01 02:25:05,514 E 18418 18418] (gcs_server) gcs_actor_scheduler.cc:538: Failed to "
+      "kill actor cc0c, return status: Invalid: KillActor RPC failed for actor cc0c: RpcError: deadline exceeded"),
+     "same"),
     ("(RayTrainWorker pid=12) /x/torch.py:3: UserWarning: careful", "same"),
     ("Running stage 'train':", "same"),
     ("Traceback (most recent call last):", "same"),
