@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -37,10 +36,11 @@ from core.data.manifest import SPLITS  # noqa: E402
 from core.features import objects  # noqa: E402
 from core.features.execution import resolve_engine  # noqa: E402
 from core.features.inputs import read_split_manifest  # noqa: E402
-from core.features.shards import ARRAY_NAMES  # noqa: E402
+from core.features.shards import ARRAY_NAMES, fp16_steps_apart  # noqa: E402
 from core.params import load_params  # noqa: E402
 from core.ray_utils import init_ray  # noqa: E402
 from core.synth import generate  # noqa: E402
+from perf import machine  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -166,11 +166,13 @@ def main(argv=None) -> None:
     identical = all(
         np.array_equal(np.load(local["out_dir"] / s / f"{name}.npy"), np.load(distributed["out_dir"] / s / f"{name}.npy"))
         for s in SPLITS for name in ARRAY_NAMES)
-    # Different torch thread counts may round differently; say by how much.
-    feature_diff = max(
-        float(np.abs(np.load(local["out_dir"] / s / "features.npy").astype(np.float32)
-                     - np.load(distributed["out_dir"] / s / "features.npy").astype(np.float32)).max(initial=0.0))
-        for s in SPLITS)
+    # Different torch thread counts may round differently; say by how much, also in fp16 steps.
+    feature_diff, feature_steps = 0.0, 0.0
+    for s in SPLITS:
+        loop_features, ray_features = (np.load(run["out_dir"] / s / "features.npy") for run in (local, distributed))
+        difference = np.abs(loop_features.astype(np.float32) - ray_features.astype(np.float32))
+        feature_diff = max(feature_diff, float(difference.max(initial=0.0)))
+        feature_steps = max(feature_steps, float(fp16_steps_apart(loop_features, ray_features).max(initial=0.0)))
     for result in (local, distributed):
         result["images_per_s"] = round(n_images / result["seconds"], 3)
         result["cpu_seconds_per_image"] = round(result["cpu_seconds"] / n_images, 3)
@@ -180,8 +182,8 @@ def main(argv=None) -> None:
     chosen = distributed if auto_engine == "ray" else local
     report = {
         "benchmark": "objects stage, dataset boxes, random-init ResNet-50 C4 + res5",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_avg_1m_before": round(load_before[0], 2), "load_avg_1m_after": round(load_after[0], 2)},
+        "machine": {**machine(local["torch_threads"]), "load_avg_1m_before": round(load_before[0], 2),
+                    "load_avg_1m_after": round(load_after[0], 2)},
         "data": {"images": n_images, "persons": n_persons, "image_size": "320x240 (generated demo)"},
         "settings": {"top_n": cfg.top_n, "image_size": cfg.image_size, "shard_size": cfg.shard_size},
         "local": local,
@@ -192,6 +194,8 @@ def main(argv=None) -> None:
                  "over_local": round(local["seconds"] / chosen["seconds"], 3)},
         "identical_arrays": identical,
         "max_abs_feature_difference": feature_diff,
+        # in float16 steps at each feature vector's scale: <= 1 is the same vector to fp16 rounding
+        "max_feature_fp16_steps_apart": round(feature_steps, 3),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

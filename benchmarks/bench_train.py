@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 import psutil
-from perf import achieved, matmul_peak, step_flops
+from perf import achieved, machine, matmul_peak, step_flops
 
 
 class PeakMemory:
@@ -306,7 +305,7 @@ def main() -> None:
     rows = [best_of(group) for group in runs.values()]
     ratios = ratios_of(rows, args.workers)
     with_peak_fraction(rows, step)
-    report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    report = {"machine": machine(os.cpu_count() or 1),
               "params": {k: getattr(trained.train, k) for k in ("batch_size", "loader_workers")},
               "model": {"name": trained.model.name, trained.model.name: params_dict["model"][trained.model.name]},
               "epochs": args.epochs, "repeats": args.repeats, "rows": rows, "ratios": ratios,

@@ -106,8 +106,10 @@ def objects_rows(objects: dict | None) -> list[dict]:
                  BEFORE["objects_auto_over_loop"],
                  f"{objects['data']['images']} images: auto runs {auto['engine']} ({auto['reason']}); Ray Data "
                  f"{objects['ray']['images_per_s']} vs loop {objects['local']['images_per_s']} images/s; arrays "
-                 f"bit-identical: {objects['identical_arrays']}, max fp16 feature difference "
-                 f"{objects['max_abs_feature_difference']} (torch threads differ: loop 2, each actor 1)", "bench_objects")]
+                 f"bit-identical: {objects['identical_arrays']}, features at most "
+                 f"{objects.get('max_feature_fp16_steps_apart', '?')} float16 steps of their vector's scale apart "
+                 f"(max difference {objects['max_abs_feature_difference']}; torch threads differ: the loop all, each "
+                 "actor 1)", "bench_objects")]
 
 
 def kosti_rows(kosti: dict | None) -> list[dict]:
@@ -127,10 +129,22 @@ def kosti_rows(kosti: dict | None) -> list[dict]:
                  "bench_kosti")]
 
 
+def machine_of(report: dict | None) -> str | None:
+    """The CPU a report was measured on, as its `machine` names it (reports before it did: unknown)."""
+    if report is None:
+        return None
+    found = report.get("machine") or {}
+    cpus = found.get("cpus", report.get("cpus"))
+    return f"{found.get('cpu_model') or 'CPU not recorded'}, {cpus} CPUs"
+
+
 def summarise(reports: dict[str, dict | None]) -> list[dict]:
-    """Every goal's rows from the reports (None where a report is missing)."""
-    return [*demo_rows(reports.get("bench_demo")), *train_rows(reports.get("bench_train")),
+    """Every goal's rows from the reports (None where a report is missing), each with its machine."""
+    rows = [*demo_rows(reports.get("bench_demo")), *train_rows(reports.get("bench_train")),
             *objects_rows(reports.get("bench_objects")), *kosti_rows(reports.get("bench_kosti"))]
+    for row in rows:
+        row["machine"] = machine_of(reports.get(row["source"]))
+    return rows
 
 
 def render(rows: list[dict]) -> str:
@@ -145,6 +159,8 @@ def render(rows: list[dict]) -> str:
                      f"{row['target']:<9}{met:<5}")
         if row["detail"]:
             lines.append(f"{'':<5}  {row['detail']}")
+        if row.get("machine"):
+            lines.append(f"{'':<5}  measured on: {row['machine']}")
     return "\n".join(lines)
 
 

@@ -62,6 +62,7 @@ TRAIN = {
     ],
     "ratios": {"ray_train_vs_in_process_dataloader": 0.92, "ray_train_vs_in_process_in-memory": 0.88},
     "step": {"flops": {"gflop_per_sample": 3.5}, "matmul_peak": {"gflop_per_s": 218.0}},
+    "machine": {"cpu_model": "Example CPU", "cpus": 2},
 }
 
 
@@ -69,7 +70,7 @@ def test_the_summary_reads_each_goal_from_its_report_and_judges_it():
     rows = summary.summarise({"bench_train": TRAIN, "bench_objects": {
         "auto": {"engine": "local", "reason": "2 CPUs", "over_local": 1.0}, "data": {"images": 48},
         "ray": {"images_per_s": 3.3}, "local": {"images_per_s": 8.0}, "identical_arrays": True,
-        "max_abs_feature_difference": 0.0}})
+        "max_abs_feature_difference": 0.0625, "max_feature_fp16_steps_apart": 0.5, "machine": {"cpus": 2}}})
     by_figure = {row["figure"]: row for row in rows}
     ray = by_figure["Ray Train 1 worker / in-process, samples/s"]
     assert (ray["now"], ray["met"], ray["before"]) == (0.92, True, 0.73)
@@ -77,12 +78,18 @@ def test_the_summary_reads_each_goal_from_its_report_and_judges_it():
     assert (peak["now"], peak["met"]) == (0.8, True)
     memory = by_figure["peak PSS of 1-worker training under Ray Train, GiB"]
     assert (memory["now"], memory["met"]) == (4.0, False)
-    assert by_figure["objects stage, engine auto / plain loop, images/s"]["met"] is True
+    objects = by_figure["objects stage, engine auto / plain loop, images/s"]
+    assert objects["met"] is True and "at most 0.5 float16 steps" in objects["detail"]
+    # every row says which machine its report was measured on; an older report named no CPU
+    assert ray["machine"] == memory["machine"] == "Example CPU, 2 CPUs"
+    assert objects["machine"] == "CPU not recorded, 2 CPUs"
     # reports not there: the rows say so and how to make them, and judge nothing
     missing = [row for row in rows if row["source"] in ("bench_demo", "bench_kosti")]
     assert len(missing) == 3 and all(row["met"] is None and "not measured" in row["detail"] for row in missing)
+    assert all(row["machine"] is None for row in missing)
     table = summary.render(rows)
     assert "NO" in table and "yes" in table and "python benchmarks/bench_demo.py" in table
+    assert "measured on: Example CPU, 2 CPUs" in table
 
 
 def test_paired_ratios_divide_each_rounds_ray_run_by_the_same_rounds_in_process_run():

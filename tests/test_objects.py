@@ -25,7 +25,7 @@ from core.features import objects
 from core.features.extractor import ObjectFeatureExtractor
 from core.features.roi_model import build_model, prepare_image
 from core.features.selection import iou_with, select_for_person
-from core.features.shards import ARRAY_NAMES
+from core.features.shards import ARRAY_NAMES, fp16_steps_apart
 from core.features.weights import WeightsChoice, cached_checkpoint
 from core.params import load_params
 
@@ -351,6 +351,32 @@ def test_ray_run_resumes_and_matches_uninterrupted_run(local_result, local_ray, 
         for name in ARRAY_NAMES:
             np.testing.assert_array_equal(resumed[name], reference[name], err_msg=f"{split}/{name}")
     assert not (shard_root / "train").exists()
+
+
+def test_fp16_steps_apart_measures_in_steps_at_each_vectors_scale():
+    # rows: largest magnitude 64 (float16 step 1/16), 1.5 (step 1/1024), 0 (padding)
+    a = np.array([[64.0, 3.0, 0.0], [1.5, -0.25, 1e-4], [0.0, 0.0, 0.0]], dtype=np.float16)
+    b = np.array([[64.0625, 3.125, 0.0], [1.5, -0.25, 1e-4 + 2 ** -10], [0.0, 0.0, 0.0]], dtype=np.float16)
+    steps = fp16_steps_apart(a, b)
+    np.testing.assert_allclose(steps[:2], [[1, 2, 0], [0, 0, 1]], atol=0.02)  # 1e-4 + 2^-10 rounds in float16
+    np.testing.assert_array_equal(steps[2], [0, 0, 0])
+    np.testing.assert_array_equal(fp16_steps_apart(a, a), np.zeros_like(steps))
+    assert fp16_steps_apart(np.float32([[1.0, 0.5]]), np.float32([[1.0, 0.5 + 3 * 2 ** -10]])).max() == 3
+
+
+def test_features_computed_on_two_threads_are_the_one_thread_run_to_fp16_rounding(local_result, tmp_path):
+    """The loop runs on all the machine's threads and each Ray actor on one: their float32 sums may
+    round apart, so what they store may differ by one float16 step of the vector's scale, never more."""
+    root, manifest_dir, reference_dir, _ = local_result
+    torch.set_num_threads(2)  # the autouse fixture puts it back
+    out_dir = tmp_path / "objects"
+    objects.run(small_params(root), ("train", "val"), out_dir, manifest_dir=manifest_dir,
+                shard_root=tmp_path / "shards", engine="local", log=lambda _: None)
+    for split in ("train", "val"):
+        ours, reference = load_split(out_dir / split), load_split(reference_dir / split)
+        assert fp16_steps_apart(ours["features"], reference["features"]).max() <= 1, split
+        for name in ("boxes", "scores", "classes", "counts"):
+            np.testing.assert_array_equal(ours[name], reference[name], err_msg=f"{split}/{name}")
 
 
 def test_changed_settings_invalidate_finished_shards(local_result, tmp_path):

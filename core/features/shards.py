@@ -45,3 +45,18 @@ def write_shard(shard_dir: Path, plan: ShardPlan, rows: dict[str, np.ndarray], s
     marker_tmp.write_text(json.dumps({"fingerprint": plan.fingerprint, "images": len(plan.frame),
                                       "persons": plan.n_persons, "seconds": round(seconds, 3)}))
     marker_tmp.replace(marker)
+
+
+
+def fp16_steps_apart(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| in float16 steps at the scale of each vector (the step float16 has at the largest
+    magnitude along the last axis): what one rounding of the vector to float16 may move an element.
+
+    Two runs that computed with different thread counts sum in another order: their float32 results
+    differ by a rounding error relative to the vector's scale, which the float16 they are stored in
+    then shows as at most one step here. Counted per element instead, a value near zero in a vector
+    of magnitude 40 is several float16 steps away for the same error (measured: 3)."""
+    a32, b32 = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    scale = np.maximum(np.abs(a32), np.abs(b32)).max(axis=-1, keepdims=True)
+    step = np.spacing(scale.astype(np.float16)).astype(np.float32)  # zero vectors: the smallest subnormal
+    return np.abs(a32 - b32) / step
