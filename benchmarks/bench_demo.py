@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from perf import machine
+
 STAGE_LINE = re.compile(r"Running stage '(?P<stage>[^']+)'")
 FINISHED_LINE = re.compile(r"\[demo\] finished in")
 REPRO_DONE = re.compile(r"\[demo\] writing the report|Use `dvc push`|Data and pipelines are up to date")
@@ -78,7 +80,7 @@ def main() -> None:
     finally:
         if not args.keep and code == 0:
             shutil.rmtree(work, ignore_errors=True)
-    report = {"commit": commit, "uncommitted_changes_not_measured": dirty, "cpus": os.cpu_count(),
+    report = {"commit": commit, "uncommitted_changes_not_measured": dirty, "machine": machine(os.cpu_count() or 1),
               "load_avg_start": load_start, "load_avg_end": [round(x, 2) for x in os.getloadavg()],
               "demo_seconds": round(seconds, 1), "stage_seconds": stages,
               "test_mAP": metrics.get("mAP"), "val_mAP": metrics.get("val_mAP"),
