@@ -177,13 +177,14 @@ def measure(params_dict: dict, workers: int, preload: bool, epochs: int) -> dict
     config = inputs.worker_config(params, paths)
     config["preload"] = preload
     from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+
+    from core.training.backend import data_parallel_trainer
 
     config["torch_threads"] = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
     name = trainer.ray_run_name(f"bench-{workers}w")
     with PeakMemory() as memory:
         started = time.perf_counter()
-        result = TorchTrainer(
+        result = data_parallel_trainer(
             loop.train_loop_per_worker, train_loop_config=config,
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=False),
             run_config=RunConfig(name=name, storage_path=str(paths.resolved().ray_storage)),

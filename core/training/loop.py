@@ -293,6 +293,7 @@ class EpochLoop:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: resume from Ray's last checkpoint, then train and report each epoch."""
     import ray.train
+    import ray.train.torch
     import torch
     from ray.train import Checkpoint, CheckpointConsistencyMode
 

@@ -3,11 +3,11 @@
     python -m stages.train          # params.yaml; RAY_ADDRESS / MLFLOW_TRACKING_URI optional
 
 `run` reads the manifest, the stored object features and the label graph (through
-core/training/inputs.py), trains with `fit` (a TorchTrainer over `train.num_workers` workers
-running core/training/loop.py), writes the best checkpoint (by validation mAP, accuracy for
-CAER-S) to `artifacts/model/` and the per-epoch history to `reports/train/`, and logs params,
-metrics and the model to MLflow. Every epoch is a Ray Train checkpoint, so with
-`train.max_failures` > 0 a killed worker group restarts from the last one.
+core/training/inputs.py), trains with `fit` (Ray Train over `train.num_workers` workers running
+core/training/loop.py, with core/training/backend.py's torch backend), writes the best checkpoint
+(by validation mAP, accuracy for CAER-S) to `artifacts/model/` and the per-epoch history to
+`reports/train/`, and logs params, metrics and the model to MLflow. Every epoch is a Ray Train
+checkpoint, so with `train.max_failures` > 0 a killed worker group restarts from the last one.
 
 A killed driver (core/training/recovery.py): the next run marks its MLflow run FAILED, and when
 it has the same params, code and data it resumes the killed run's Ray Train run from its latest
@@ -57,7 +57,7 @@ def ray_run_name(prefix: str | None) -> str:
 
 def fit(params: Params, paths: Workspace, *, mlflow_run: dict[str, str] | None = None,
         run_name: str | None = None, body_cache: str | None = None, plan: recovery.RunPlan | None = None):
-    """Run the TorchTrainer; returns the Ray Train Result.
+    """Run the Ray Train run (TorchTrainer's, without torch in this process); returns its Result.
 
     `body_cache`: a folder of precomputed backbone maps (core/training/body_cache.py); the workers
     then train with the backbone frozen (EpochLoop). `plan` (recovery.plan_run, made here when not
@@ -65,9 +65,9 @@ def fit(params: Params, paths: Workspace, *, mlflow_run: dict[str, str] | None =
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
-    from ray.train.torch import TorchTrainer
 
     from core.ray_utils import init_ray
+    from core.training.backend import data_parallel_trainer
 
     config = worker_config(params, paths)
     config["mlflow"] = mlflow_run
@@ -79,7 +79,7 @@ def fit(params: Params, paths: Workspace, *, mlflow_run: dict[str, str] | None =
     # With train.cpus_per_worker the worker's threads are its reservation; without, each worker
     # takes its node's share (core/training/loop.py worker_threads) instead of one thread per core.
     config["torch_threads"] = params.train.cpus_per_worker
-    trainer = TorchTrainer(
+    trainer = data_parallel_trainer(
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=scaling_config(params, use_gpu),
