@@ -15,6 +15,7 @@ from core.data.manifest import read_manifest
 from core.params import apply_overrides, params_from_dict
 from core.training import loop, trainer
 from core.training.inputs import object_feature_stats, worker_config
+from core.training.precision import bf16_warning, native_bf16, output_in_fp32
 from core.workspace import Workspace
 
 # Rank 0 exits hard after reporting epoch 0, once (like a lost node); Ray restarts the worker group.
@@ -270,17 +271,19 @@ def test_the_loader_workers_start_before_training_writes_the_model_and_change_no
     assert first_epoch(0) == ([], with_workers)
 
 
+@pytest.mark.parametrize("loader_workers", [1, 0])
 def test_the_loader_workers_fork_before_the_weights_that_train_exist_and_those_start_as_seeded(
-        tiny_workspace, monkeypatch):
+        tiny_workspace, monkeypatch, loader_workers):
     """A loader worker keeps every page it was forked with: forked after the model is built, it keeps
     the weights the optimiser then rewrites (the demo's 0.37 GB). The model that trains is built once
-    the loaders' workers run, and from the seed alone, as a single build would make it."""
+    the loaders' workers run, and from the seed alone, as a single build would make it. Without
+    loader workers the one build trains, and leaves the random state as a seeded build does."""
     import psutil
 
     from models import build_model
 
-    params = params_from_dict(apply_overrides(tiny_workspace.params_dict, {"train.loader_workers": 1}))
-    config = worker_config(params, tiny_workspace.train_paths("fork-order"))
+    params = params_from_dict(apply_overrides(tiny_workspace.params_dict, {"train.loader_workers": loader_workers}))
+    config = worker_config(params, tiny_workspace.train_paths(f"fork-order-{loader_workers}"))
     children_at_build = []
     build = loop.EpochLoop._build_model
 
@@ -291,12 +294,15 @@ def test_the_loader_workers_fork_before_the_weights_that_train_exist_and_those_s
     monkeypatch.setattr(loop.EpochLoop, "_build_model", staticmethod(counting_build))
     before = len(psutil.Process().children())
     epoch_loop = loop.EpochLoop(config)
-    assert children_at_build == [before, before + 2]  # the train and val loader workers, then the weights
+    state_after_init = torch.get_rng_state()
+    # the train and val loader workers, then the weights; or one build
+    assert children_at_build == ([before, before + 2] if loader_workers else [before])
 
     torch.manual_seed(params.seed)
     seeded = build_model(params.model.name, params.model.config, num_classes=config["num_classes"],
                          task=config["task"], cooccurrence=config["cooccurrence"],
                          label_embeddings=config["label_embeddings"])
+    assert torch.equal(state_after_init, torch.get_rng_state())
     seeded.set_object_feature_stats(*config["object_feature_stats"])
     trained, expected = epoch_loop.model.state_dict(), seeded.state_dict()
     assert trained.keys() == expected.keys()
@@ -337,10 +343,48 @@ def test_output_in_fp32_casts_every_floating_tensor_and_keeps_the_rest():
     out = ModelOutput(logits=torch.ones(2, 3, dtype=torch.bfloat16), attention=None,
                       continuous=torch.ones(2, 3, dtype=torch.bfloat16),
                       auxiliary={"branch": torch.zeros(2, dtype=torch.bfloat16), "index": torch.arange(2)})
-    cast = loop.output_in_fp32(out)
+    cast = output_in_fp32(out)
     assert isinstance(cast, ModelOutput) and cast.attention is None
     assert cast.logits.dtype == cast.continuous.dtype == cast.auxiliary["branch"].dtype == torch.float32
     assert cast.auxiliary["index"].dtype == torch.int64
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, native", [(False, False, False), (True, False, True), (False, True, True)])
+def test_bf16_is_native_on_an_x86_cpu_with_avx512_bf16_or_amx_and_a_warning_says_so_otherwise(
+        monkeypatch, avx512_bf16, amx, native):
+    from core.training import precision
+
+    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert native_bf16("cpu") is native
+    warning = bf16_warning("cpu")
+    assert (warning is None) is native
+    if not native:
+        assert "without AVX512-BF16 or AMX" in warning and "train.precision: fp32" in warning
+
+
+def test_bf16_support_is_unknown_and_unwarned_where_torch_cannot_tell(monkeypatch):
+    from core.training import precision
+
+    monkeypatch.setattr(precision.platform, "machine", lambda: "aarch64")  # bf16 via SVE/NEON: no probe
+    assert native_bf16("cpu") is None and bf16_warning("cpu") is None
+    assert native_bf16("xpu") is None
+    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert native_bf16("cpu") is None and bf16_warning("cpu") is None
+
+
+def test_a_bf16_run_on_a_cpu_without_bf16_prints_the_warning_once_from_rank_0(tiny_workspace, monkeypatch, capsys):
+    from core.training import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device_type: False)
+    params = params_from_dict(apply_overrides(tiny_workspace.params_dict,
+                                              {"train.precision": "bf16", "train.loader_workers": 0}))
+    config = worker_config(params, tiny_workspace.train_paths("bf16-warning"))
+    loop.EpochLoop(config)
+    loop.EpochLoop(config, rank=1, world=2)
+    assert capsys.readouterr().out.count("train.precision is bf16 on a CPU without AVX512-BF16 or AMX") == 1
 
 
 def test_an_unknown_precision_is_refused_naming_the_key(tiny_workspace):

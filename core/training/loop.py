@@ -23,6 +23,7 @@ import numpy as np
 from core import checkpoints, faults
 from core.errors import UserError
 from core.params import Params, params_to_dict
+from core.training.precision import bf16_warning, output_in_fp32
 from core.workspace import Workspace
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -132,6 +133,8 @@ class EpochLoop:
         self.params = params = config["params"]
         self.device_type = torch.device(device).type
         self.bf16 = params.train.precision == "bf16"
+        if self.bf16 and rank == 0 and (warning := bf16_warning(self.device_type)):
+            print(warning, flush=True)
         paths = config["workspace"]
         self.task = config["task"]
         torch.manual_seed(params.seed)
@@ -147,11 +150,14 @@ class EpochLoop:
         # behind in the loader workers: for the demo model that was its 0.37 GB of weights, 0.4 of the
         # 2.9 GB its training took (#20). The datasets only need what the model reads (its views), so
         # a first build tells them and is dropped; the one that trains is built after the fork, from
-        # the same seed, so it starts from the same weights as before.
+        # the same seed, so it starts from the same weights as before. Without loader workers nothing
+        # is forked and the first build trains (the datasets draw no random numbers in between).
+        forks_loader_workers = params.train.loader_workers > 0
         inputs_model = self._build_model(config)
         train_set, self.val_set = _datasets(inputs_model, params, paths, body_cache=config.get("body_cache"))
-        del inputs_model
-        return_freed_memory()
+        if forks_loader_workers:
+            del inputs_model
+            return_freed_memory()
         self.face_fallbacks = {"train": train_set.face_fallbacks, "val": self.val_set.face_fallbacks}
         if config.get("preload"):  # benchmarks: the same steps on in-memory tensors, no decoding
             train_set, self.val_set = InMemoryDataset(train_set), InMemoryDataset(self.val_set)
@@ -160,8 +166,11 @@ class EpochLoop:
         for loader in (self.train_loader, self.val_loader):
             if loader.persistent_workers:
                 iter(loader)
-        torch.manual_seed(params.seed)
-        model = self._build_model(config)
+        if forks_loader_workers:
+            torch.manual_seed(params.seed)
+            model = self._build_model(config)
+        else:
+            model = inputs_model
 
         self.val_targets = self.val_set.targets()
 
@@ -345,21 +354,6 @@ def return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
-
-
-def output_in_fp32(output: Any) -> Any:
-    """A model's output (a ModelOutput, a tensor, or a dict or tuple of them) with every floating
-    tensor in fp32: what leaves an autocast region in bf16 enters the criterion in fp32."""
-    import torch
-
-    if isinstance(output, torch.Tensor):
-        return output.float() if output.is_floating_point() else output
-    if isinstance(output, dict):
-        return {key: output_in_fp32(value) for key, value in output.items()}
-    if isinstance(output, tuple):
-        values = [output_in_fp32(value) for value in output]
-        return type(output)._make(values) if hasattr(output, "_make") else type(output)(values)
-    return output
 
 
 def _worker_placement(rank: int, world: int) -> list[dict[str, Any]]:
