@@ -45,6 +45,7 @@ SCHEDULING_KEYS = frozenset({
     "objects.ray_min_cpus",
     "people.detect_batch_size",
     "train.num_workers", "train.use_gpu", "train.loader_workers", "train.max_failures", "train.cpus_per_worker",
+    "train.channels_last",  # a memory layout: the same sums in another order, as another thread count gives
 })
 
 # The choices of string settings. The modules that act on them hold their own lists (they import
@@ -160,6 +161,7 @@ class TrainConfig:
     frozen_backbone: bool  # backbone maps computed once (core/training/body_cache.py); only what follows trains
     precise_bn: bool  # re-estimate BatchNorm statistics on the training split after every epoch (loop.py)
     precision: str = one_of(*PRECISIONS)  # bf16: training forward passes under torch.autocast (loop.py)
+    channels_last: bool  # conv weights (and so activations) in NHWC: a layout, the same numbers to rounding
 
 
 @dataclass(frozen=True)

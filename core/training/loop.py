@@ -171,6 +171,8 @@ class EpochLoop:
             model = self._build_model(config)
         else:
             model = inputs_model
+        if params.train.channels_last:  # before the optimiser, whose momentum then takes the same layout
+            model = model.to(memory_format=torch.channels_last)
 
         self.val_targets = self.val_set.targets()
 
