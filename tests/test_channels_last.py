@@ -1,6 +1,8 @@
 """`train.channels_last`: every model family trains in NHWC layout to the same numbers as in NCHW."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -14,9 +16,10 @@ FAMILIES = ("rrla", "kosti", "caernet", "sibnet", "dagnet", "benet")
 def first_step(tiny_workspace, name: str, channels_last: bool):
     """The loss and the gradients of a first training step, and the layouts its first convolution
     saw and wrote."""
-    data = apply_overrides(tiny_workspace.params_dict, {"model.name": name, "train.loader_workers": 0,
-                                                        "train.channels_last": channels_last})
-    params = params_from_dict(data).for_model(name)
+    params = params_from_dict(apply_overrides(tiny_workspace.params_dict, {"model.name": name})).for_model(name)
+    # after the family's own train section, which may set the layout (Kosti's does)
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, loader_workers=0,
+                                                                   channels_last=channels_last))
     epoch_loop = loop.EpochLoop(worker_config(params, tiny_workspace.train_paths(f"layout-{name}-{channels_last}")))
     epoch_loop.prepare()
     epoch_loop.model.train()
