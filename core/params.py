@@ -42,7 +42,7 @@ DEFAULT_PARAMS = DEFAULT_WORKSPACE.params_file
 SCHEDULING_KEYS = frozenset({
     "detect.batch_size", "detect.ray_min_images",
     "objects.num_actors", "objects.shard_size", "objects.engine", "objects.ray_min_images",
-    "objects.ray_min_cpus",
+    "objects.ray_min_cpus", "objects.channels_last",
     "people.detect_batch_size",
     "train.num_workers", "train.use_gpu", "train.loader_workers", "train.max_failures", "train.cpus_per_worker",
     "train.channels_last",  # a memory layout: the same sums in another order, as another thread count gives
@@ -109,6 +109,7 @@ class ObjectsConfig:
     engine: str = one_of(*OBJECT_ENGINES)  # auto | ray | local (core/features/execution.py choose_engine)
     ray_min_images: int = at_least(0)  # engine auto: fewer images to compute run in-process
     ray_min_cpus: int = at_least(1)  # engine auto: without a cluster or a GPU, Ray Data from this many CPUs
+    channels_last: bool  # the extractor's maps in NHWC layout: the same numbers to float rounding, faster on CPU
 
 
 @dataclass(frozen=True)

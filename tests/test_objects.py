@@ -379,6 +379,39 @@ def test_features_computed_on_two_threads_are_the_one_thread_run_to_fp16_roundin
             np.testing.assert_array_equal(ours[name], reference[name], err_msg=f"{split}/{name}")
 
 
+def test_nchw_layout_gives_the_channels_last_features_to_fp16_rounding(local_result, tmp_path):
+    """objects.channels_last is a scheduling key: the layout sums in another order, nothing else."""
+    root, manifest_dir, reference_dir, _ = local_result
+    assert small_params(root).objects.channels_last  # params.yaml's default made the reference run
+    out_dir = tmp_path / "objects"
+    objects.run(small_params(root, channels_last=False), ("train", "val"), out_dir, manifest_dir=manifest_dir,
+                shard_root=tmp_path / "shards", engine="local", log=lambda _: None)
+    for split in ("train", "val"):
+        ours, reference = load_split(out_dir / split), load_split(reference_dir / split)
+        assert fp16_steps_apart(ours["features"], reference["features"]).max() <= 1, split
+        assert np.abs(reference["features"].astype(np.float32)).max() > 0.1
+        for name in ("boxes", "scores", "classes", "counts"):
+            np.testing.assert_array_equal(ours[name], reference[name], err_msg=f"{split}/{name}")
+
+
+@pytest.mark.parametrize("boxes", ["dataset", "detector"])
+def test_the_extractor_runs_in_the_layout_it_was_built_for(boxes):
+    rgb = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    maps = {}
+    for channels_last in (False, True):
+        cfg = dataclasses.replace(load_params(REPO / "params.yaml").objects, boxes=boxes, channels_last=channels_last)
+        model = build_model(cfg, WeightsChoice("random", "random", seed=5), None, seed=0)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        assert model.stem[0].weight.is_contiguous(memory_format=layout)
+        for size in (48, 64):   # 48: no resize, where the decoded HWC array is NHWC already
+            image, _ = prepare_image(rgb, size, channels_last=channels_last)
+            assert image.is_contiguous(memory_format=layout), (channels_last, size)
+        with torch.inference_mode():
+            maps[channels_last] = model.detect(image)[0] if boxes == "detector" else model.c4_map(image)
+        assert maps[channels_last].is_contiguous(memory_format=layout)
+    torch.testing.assert_close(maps[True], maps[False], rtol=1e-4, atol=1e-4 * maps[False].abs().max().item())
+
+
 def test_changed_settings_invalidate_finished_shards(local_result, tmp_path):
     root, manifest_dir, _, _ = local_result
     kwargs = dict(manifest_dir=manifest_dir, shard_root=tmp_path / "shards", engine="local", log=lambda _: None)

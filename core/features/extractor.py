@@ -75,7 +75,7 @@ def people_objects(model: RoIFeatureModel, cfg: ObjectsConfig, rgb: np.ndarray, 
     of the data set's boxes (ignored with `objects.boxes: detector`, which detects them). The C4
     map and each selected box's feature are computed once however many people share the image.
     """
-    image, (scale_x, scale_y) = prepare_image(rgb, cfg.image_size, device)
+    image, (scale_x, scale_y) = prepare_image(rgb, cfg.image_size, device, cfg.channels_last)
     scale = torch.tensor([scale_x, scale_y, scale_x, scale_y], device=device)
     c4, boxes, scores, classes = _image_boxes(model, cfg, image, scale, rgb.shape[:2], objects)
     keep = np.flatnonzero(scores >= cfg.score_threshold)

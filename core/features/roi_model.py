@@ -105,12 +105,17 @@ def build_model(cfg: ObjectsConfig, choice: WeightsChoice, state_dict: dict[str,
                 load_checked(resnet, state_dict, "resnet50 (or fasterrcnn_resnet50_fpn)",
                              ignorable_missing=("fc.",) if from_detector else ())
             model = RoIFeatureModel(resnet)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     return model.eval()
 
 
-def prepare_image(rgb: np.ndarray, image_size: int, device: torch.device | str = "cpu"
+def prepare_image(rgb: np.ndarray, image_size: int, device: torch.device | str = "cpu", channels_last: bool = False
                   ) -> tuple[torch.Tensor, tuple[float, float]]:
-    """Normalised [1,3,h,w] tensor whose shorter side is `image_size`, and the (x, y) scale factors."""
+    """Normalised [1,3,h,w] tensor whose shorter side is `image_size`, and the (x, y) scale factors.
+
+    `channels_last`: the tensor in NHWC layout, for a model converted to it (`build_model`).
+    """
     height, width = rgb.shape[:2]
     short = min(height, width)
     new_h = max(1, round(height * image_size / short))
@@ -121,7 +126,10 @@ def prepare_image(rgb: np.ndarray, image_size: int, device: torch.device | str =
                                           antialias=True)
     mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=image.device).view(1, 3, 1, 1)
-    return (image - mean) / std, (new_w / width, new_h / height)
+    # An image that needs no resize is still the decoder's HWC in NCHW's shape: the layout is set
+    # either way, so the convolutions run in the one the model was built for.
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return ((image - mean) / std).contiguous(memory_format=layout), (new_w / width, new_h / height)
 
 
 def describe_extractor(cfg: ObjectsConfig) -> dict[str, Any]:
