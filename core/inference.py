@@ -43,6 +43,8 @@ def load_model_package(model_dir: Path, thresholds_file: Path | None = None) -> 
         raise UserError(f"{checkpoint}: not a ctxemo model package: no {', '.join(missing)} "
                         f"(the train stage exports one to artifacts/model: `dvc repro train`)")
     model = model_from_checkpoint(state["spec"], state["state_dict"]).eval()
+    if state["params"].get("train", {}).get("channels_last"):  # scored in the layout it trained in
+        model = model.to(memory_format=torch.channels_last)
     thresholds = None
     if thresholds_file is not None and Path(thresholds_file).is_file():
         values = json.loads(Path(thresholds_file).read_text())["thresholds"]

@@ -54,3 +54,34 @@ def test_every_family_trains_in_channels_last_to_the_same_numbers(tiny_workspace
         assert grads_nhwc[key].shape == grad.shape, key
         difference = float((grads_nhwc[key] - grad).norm())
         assert difference <= 5e-2 * float(grad.norm()) + 1e-7 * largest, (key, difference, float(grad.norm()))
+
+
+def test_a_model_trained_in_channels_last_is_scored_in_it_to_the_same_numbers(tiny_workspace, tmp_path):
+    """Evaluate and predict load the package in the layout `train.channels_last` trained it in."""
+    from core.inference import load_model_package, predict_loader
+    from core.params import params_to_dict
+    from models import model_spec
+
+    params = params_from_dict(apply_overrides(tiny_workspace.params_dict, {"model.name": "kosti"})).for_model()
+    assert params.train.channels_last  # Kosti's own train section sets it
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, loader_workers=0))
+    epoch_loop = loop.EpochLoop(worker_config(params, tiny_workspace.train_paths("layout-package")))
+    epoch_loop.prepare()
+    packages = {}
+    for channels_last in (False, True):
+        trained_in = dataclasses.replace(params, train=dataclasses.replace(params.train, channels_last=channels_last))
+        folder = tmp_path / f"channels_last={channels_last}"
+        folder.mkdir()
+        torch.save({"spec": model_spec(epoch_loop.model), "state_dict": epoch_loop.model.state_dict(),
+                    "classes": [f"c{i}" for i in range(epoch_loop.model.num_classes)], "task": epoch_loop.model.task,
+                    "params": params_to_dict(trained_in)}, folder / "model.pt")
+        packages[channels_last] = load_model_package(folder)
+        convs = [m for m in packages[channels_last].model.modules() if isinstance(m, torch.nn.Conv2d)]
+        # (a 1x1 kernel's weight is contiguous in both layouts)
+        assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+                             for c in convs if c.kernel_size != (1, 1))
+    scored = {layout: predict_loader(package.model, epoch_loop.val_loader) for layout, package in packages.items()}
+    indices, scores = scored[False]
+    assert len(indices) > 0
+    torch.testing.assert_close(torch.from_numpy(scored[True][1]), torch.from_numpy(scores), rtol=1e-4, atol=1e-5)
+    assert (scored[True][0] == indices).all()
