@@ -47,7 +47,6 @@ def write_shard(shard_dir: Path, plan: ShardPlan, rows: dict[str, np.ndarray], s
     marker_tmp.replace(marker)
 
 
-
 def fp16_steps_apart(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """|a - b| in float16 steps at the scale of each vector (the step float16 has at the largest
     magnitude along the last axis): what one rounding of the vector to float16 may move an element.
