@@ -40,7 +40,7 @@ DEFAULT_PARAMS = DEFAULT_WORKSPACE.params_file
 # as params, so scaling actors or workers (or retrying more) makes nothing stale.
 # tests/test_dvc_pipeline.py checks every other key of these sections is tracked.
 SCHEDULING_KEYS = frozenset({
-    "detect.batch_size", "detect.ray_min_images",
+    "detect.batch_size", "detect.engine", "detect.ray_min_images", "detect.ray_min_cpus",
     "objects.num_actors", "objects.shard_size", "objects.engine", "objects.ray_min_images",
     "objects.ray_min_cpus", "objects.channels_last",
     "people.detect_batch_size",
@@ -54,7 +54,7 @@ DATA_KINDS = ("emotic", "caers")
 FACE_DETECTORS = ("mtcnn", "haar")  # core/detection/faces.py
 OBJECT_BOXES = ("dataset", "detector")
 OBJECT_DETECTORS = ("fasterrcnn_resnet50_fpn",)  # core/features/objects.py
-OBJECT_ENGINES = ("auto", "ray", "local")  # core/features/execution.py
+STAGE_ENGINES = ("auto", "ray", "local")  # detect.engine, objects.engine: core/ray_utils.py choose_engine
 PERSON_DETECTORS = ("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_resnet50_fpn")  # core/detection/person_detector.py
 EMBEDDING_SOURCES = ("glove6b50", "glove_file")  # core/graph/embeddings.py
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -90,7 +90,9 @@ class DetectConfig:
     face_threshold: float = within(0, 1)  # a detector's confidence
     batch_size: int = at_least(1)
     haar_min_neighbors: int = at_least(0)
-    ray_min_images: int = at_least(0)  # 0: every split on Ray
+    engine: str = one_of(*STAGE_ENGINES)  # auto | ray | local (core/ray_utils.py choose_engine)
+    ray_min_images: int = at_least(0)  # engine auto: splits with fewer images run in-process
+    ray_min_cpus: int = at_least(1)  # engine auto: without a cluster, Ray Data from this many CPUs
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ class ObjectsConfig:
     shard_size: int = at_least(1)  # images a worker computes and writes in one go; a rerun resumes by shard
     exclude_iou: float = within(0, 1, low_open=True)  # IoU 0 would exclude every box
     num_actors: int | None = at_least(1)  # Ray Data actors; null = one per GPU, else one per CPU
-    engine: str = one_of(*OBJECT_ENGINES)  # auto | ray | local (core/features/execution.py choose_engine)
+    engine: str = one_of(*STAGE_ENGINES)  # auto | ray | local (core/features/execution.py choose_engine)
     ray_min_images: int = at_least(0)  # engine auto: fewer images to compute run in-process
     ray_min_cpus: int = at_least(1)  # engine auto: without a cluster or a GPU, Ray Data from this many CPUs
     channels_last: bool  # the extractor's maps in NHWC layout: the same numbers to float rounding, faster on CPU

@@ -36,6 +36,28 @@ OBJECT_STORE_MAX_BYTES = 4 * 1024**3
 OBJECT_STORE_MIN_BYTES = 256 * 1024**2
 
 
+def choose_engine(section: str, setting: str, images: int, *, min_images: int, min_cpus: int,
+                  cluster_address: str | None, cpus: int, gpu: bool | None = None) -> tuple[str, str]:
+    """(engine, why) for a stage's `<section>.engine`: "ray" (Ray Data) where it pays, else "local".
+
+    `auto` needs at least `min_images` images to compute, and then a Ray cluster, a GPU (`gpu`
+    None: the stage runs on CPU, a GPU does not count) or `min_cpus` CPUs: on a small machine
+    Ray's start-up, its actors' imports and the object store's copies cost more than the actors'
+    parallelism gives back (README, Benchmarks).
+    """
+    if setting != "auto":
+        return setting, f"{section}.engine: {setting}"
+    if images < min_images:
+        return "local", f"{images} images < {section}.ray_min_images {min_images}"
+    if cluster_address:
+        return "ray", f"a Ray cluster at {cluster_address}"
+    if gpu:
+        return "ray", "a GPU"
+    if cpus >= min_cpus:
+        return "ray", f"{cpus} CPUs >= {section}.ray_min_cpus {min_cpus}"
+    return "local", f"{cpus} CPUs < {section}.ray_min_cpus {min_cpus},{' no GPU,' if gpu is not None else ''} no cluster"
+
+
 def quiet_ray_env() -> None:
     """Environment every Ray process should see; set before `ray.init` (workers inherit it).
 

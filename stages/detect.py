@@ -31,8 +31,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for split, counts in summary["splits"].items():
         print(f"detect [{summary['detector']}] {split}: {counts['persons']} persons in "
               f"{counts['images']} images: faces found {counts[STATUS_OK]}, none {counts[STATUS_NO_FACE]}, "
-              f"unreadable {counts[STATUS_UNREADABLE]} ({counts['seconds']} s"
-              f"{', Ray Data' if counts['ray'] else ''})")
+              f"unreadable {counts[STATUS_UNREADABLE]} ({counts['seconds']} s, "
+              f"{'Ray Data' if counts['ray'] else 'in-process'}: {counts['engine_reason']})")
         for line in counts["unreadable_images"][:10]:
             print(f"detect {split}: unreadable image {line}")
         if len(counts["unreadable_images"]) > 10:

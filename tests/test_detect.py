@@ -168,7 +168,7 @@ def test_ray_data_path_matches_in_process(dataset):
     init_ray(num_cpus=2, object_store_memory=300 * 1024**2, temp_dir="/tmp/ray_detect_test")
     try:
         # Haar keeps the actors light (no torch); 2 batches -> 2 actors, blocks out of order.
-        summary = run(replace(repo_params().detect, face_detector="haar", ray_min_images=1, batch_size=4), root,
+        summary = run(replace(repo_params().detect, face_detector="haar", engine="ray", batch_size=4), root,
                       manifest_dir, base / "out_ray", splits=["val"])
     finally:
         ray.shutdown()
@@ -255,3 +255,30 @@ def test_find_people_uses_a_local_weights_file(tmp_path):
             find_people(gradient_rgb(), detector=name, weights=str(tmp_path / "absent.pth"))
     finally:
         people.load_person_detector.cache_clear()
+
+
+@pytest.mark.parametrize("engine, images, address, cpus, expected, why", [
+    ("auto", 224, None, 8, "local", "224 images < detect.ray_min_images 500"),   # the demo's train split
+    ("auto", 2000, None, 2, "local", "2 CPUs < detect.ray_min_cpus 4, no cluster"),  # 2 actors lose to their start-up
+    ("auto", 2000, None, 8, "ray", "8 CPUs >= detect.ray_min_cpus 4"),
+    ("auto", 2000, "ray://head:10001", 2, "ray", "a Ray cluster at ray://head:10001"),
+    ("auto", 100, "ray://head:10001", 64, "local", "100 images < detect.ray_min_images 500"),
+    ("ray", 1, None, 1, "ray", "detect.engine: ray"),
+    ("local", 10_000, "ray://head:10001", 64, "local", "detect.engine: local"),
+])
+def test_the_detect_engine_follows_the_resources(engine, images, address, cpus, expected, why):
+    from core.ray_utils import choose_engine
+
+    cfg = replace(repo_params().detect, engine=engine, ray_min_images=500, ray_min_cpus=4)
+    # MTCNN runs on CPU: the stage passes no GPU, so a GPU machine decides by its CPUs
+    assert choose_engine("detect", cfg.engine, images, min_images=cfg.ray_min_images, min_cpus=cfg.ray_min_cpus,
+                         cluster_address=address, cpus=cpus) == (expected, why)
+
+
+def test_the_stage_says_which_engine_ran_each_split_and_why(dataset, monkeypatch):
+    root, manifest_dir, base = dataset
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    summary = run(replace(repo_params().detect, face_detector="haar", engine="auto", ray_min_images=1,
+                          ray_min_cpus=10_000), root, manifest_dir, base / "out_auto", splits=["val"])
+    counts = summary["splits"]["val"]
+    assert counts["ray"] is False and counts["engine_reason"].endswith("< detect.ray_min_cpus 10000, no cluster")

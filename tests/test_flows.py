@@ -317,7 +317,7 @@ def test_scaling_workers_actors_and_retries_makes_nothing_stale(workspace, first
     params = yaml.safe_load(original)
     params["train"].update(num_workers=4, loader_workers=3, max_failures=5, use_gpu=False)
     params["objects"].update(num_actors=8, batch_size=16, shard_size=64)
-    params["detect"].update(batch_size=3, ray_min_images=1)
+    params["detect"].update(batch_size=3, engine="ray", ray_min_images=1, ray_min_cpus=1)
     try:
         (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         assert "Data and pipelines are up to date" in dvc(workspace, "status", "train", "evaluate")

@@ -18,9 +18,11 @@ A person without a face is recorded as `no_face`, an image that cannot be decode
 core/data/images.py, as in every other stage. People in new photos (inference, no annotated
 boxes) are found by core/detection/people.py.
 
-Splits with at least `detect.ray_min_images` images run through Ray Data `map_batches` over an
-actor pool (one CPU per actor, each holding its own detector); smaller ones run in-process with
-the same batch function. Detection runs on CPU (MTCNN takes ~0.07 s per image).
+A split runs through Ray Data `map_batches` over an actor pool (one CPU per actor, each holding
+its own detector) where `detect.engine` says so; `auto` picks Ray Data on a cluster or with
+`detect.ray_min_cpus` CPUs, for splits of at least `detect.ray_min_images` images, and the same
+batch function in-process elsewhere (core/ray_utils.py choose_engine). Detection runs on CPU
+(MTCNN takes ~0.03 s per image on one thread).
 
 Writes data/detections/<split>.parquet: sample_id, face_box (nullable [x1,y1,x2,y2] float32),
 face_score (nullable float32), detector, status (ok | no_face | unreadable_image), detail.
@@ -28,6 +30,7 @@ face_score (nullable float32), detector, status (ok | no_face | unreadable_image
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +39,12 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import pyarrow as pa
 
+from core import env
 from core.data.images import ImageReadError, as_rgb_array, load_rgb
 from core.data.manifest import SPLITS, read_manifest, write_table
 from core.errors import UserError
 from core.params import DetectConfig
+from core.ray_utils import choose_engine
 from core.workspace import DEFAULT_WORKSPACE
 from models.config import from_dict, to_dict
 
@@ -376,7 +381,11 @@ def run(cfg: DetectConfig, data_root: Path, manifest_dir: Path = DEFAULT_WORKSPA
         if not path.is_file():
             raise UserError(f"manifest not found: {path} (run the ingest stage first)")
         manifests[split] = read_manifest(split, manifest_dir)
-    ray_splits = {s for s, m in manifests.items() if m["image_path"].nunique() >= cfg.ray_min_images}
+    engines = {split: choose_engine("detect", cfg.engine, int(manifest["image_path"].nunique()),
+                                    min_images=cfg.ray_min_images, min_cpus=cfg.ray_min_cpus,
+                                    cluster_address=env.ray_address(), cpus=os.cpu_count() or 1)
+               for split, manifest in manifests.items()}
+    ray_splits = {split for split, (engine, _) in engines.items() if engine == "ray"}
 
     summary: dict[str, Any] = {"detector": cfg.face_detector, "splits": {}}
     session = _ray_session_if(bool(ray_splits))
@@ -395,6 +404,7 @@ def run(cfg: DetectConfig, data_root: Path, manifest_dir: Path = DEFAULT_WORKSPA
                 **{status: statuses.count(status) for status in STATUSES},
                 "unreadable_images": unreadable,
                 "ray": split in ray_splits,
+                "engine_reason": engines[split][1],
                 "seconds": round(time.perf_counter() - started, 2),
             }
     return summary

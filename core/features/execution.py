@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from core import ray_utils
 from core.features.inputs import ShardPlan
 from core.features.worker import ShardWorker, plan_row
 from core.params import ObjectsConfig
@@ -84,17 +85,8 @@ def choose_engine(cfg: ObjectsConfig, images: int, *, cluster_address: str | Non
     48 images: Ray 0.32x), so a cluster, a GPU or `ray_min_cpus` CPUs are needed, and at least
     `ray_min_images` images to compute.
     """
-    if cfg.engine != "auto":
-        return cfg.engine, f"objects.engine: {cfg.engine}"
-    if images < cfg.ray_min_images:
-        return "local", f"{images} images < objects.ray_min_images {cfg.ray_min_images}"
-    if cluster_address:
-        return "ray", f"a Ray cluster at {cluster_address}"
-    if gpu:
-        return "ray", "a GPU"
-    if cpus >= cfg.ray_min_cpus:
-        return "ray", f"{cpus} CPUs >= objects.ray_min_cpus {cfg.ray_min_cpus}"
-    return "local", f"{cpus} CPUs < objects.ray_min_cpus {cfg.ray_min_cpus}, no GPU, no cluster"
+    return ray_utils.choose_engine("objects", cfg.engine, images, min_images=cfg.ray_min_images,
+                                   min_cpus=cfg.ray_min_cpus, cluster_address=cluster_address, cpus=cpus, gpu=gpu)
 
 
 def resolve_engine(cfg: ObjectsConfig, engine: str, images: int) -> tuple[str, str]:
