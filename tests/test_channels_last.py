@@ -17,7 +17,7 @@ def first_step(tiny_workspace, name: str, channels_last: bool):
     """The loss and the gradients of a first training step, and the layouts its first convolution
     saw and wrote."""
     params = params_from_dict(apply_overrides(tiny_workspace.params_dict, {"model.name": name})).for_model(name)
-    # after the family's own train section, which may set the layout (Kosti's does)
+    # after the family's own train section, which may set the layout
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, loader_workers=0,
                                                                    channels_last=channels_last))
     epoch_loop = loop.EpochLoop(worker_config(params, tiny_workspace.train_paths(f"layout-{name}-{channels_last}")))
@@ -63,7 +63,7 @@ def test_a_model_trained_in_channels_last_is_scored_in_it_to_the_same_numbers(ti
     from models import model_spec
 
     params = params_from_dict(apply_overrides(tiny_workspace.params_dict, {"model.name": "kosti"})).for_model()
-    assert params.train.channels_last  # Kosti's own train section sets it
+    assert params.train.channels_last  # params.yaml's default
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, loader_workers=0))
     epoch_loop = loop.EpochLoop(worker_config(params, tiny_workspace.train_paths("layout-package")))
     epoch_loop.prepare()
