@@ -56,6 +56,8 @@ def test_two_worker_ddp_run_trains_exports_and_tracks_in_mlflow(tiny_workspace, 
     assert package["task"] == "multilabel" and len(package["classes"]) == 26
     assert package["spec"]["name"] == "rrla" and summary["model"] == "rrla"
     model = model_from_checkpoint(package["spec"], package["state_dict"])
+    assert package["params"]["train"]["channels_last"]  # scored in the layout it trained in, as evaluate does
+    model = model.to(memory_format=torch.channels_last)
 
     client = mlflow.MlflowClient(mlflow_store)
     run = client.get_run(summary["mlflow_run_id"])
